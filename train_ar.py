@@ -1,0 +1,36 @@
+"""
+Train the autoregressive model: causal attention, next-token loss.
+
+    python train_ar.py                                    # small model on the default corpus, CPU, minutes
+    python train_ar.py --unique_tokens=50000 --epochs=100 --out_dir=out/ar_u50k
+
+The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model AR.
+`diff train_ar.py train_diffusion.py` shows everything that differs between the two.
+"""
+import torch.nn.functional as F
+
+from trainer import main
+
+KIND = "ar"
+CAUSAL = True
+
+
+def training_loss(model, windows, noise, mask_id):
+    """AR loss (DESIGN.md): mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). `noise` and `mask_id` are unused."""
+    x, targets = windows[:, :-1], windows[:, 1:]
+    logits = model(x)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def validation_loss(model, windows, window_ids, config, mask_id):
+    """Exact NLL: (sum of -log p over every next token of `windows`, number of tokens)."""
+    nats = 0.0
+    for i in range(0, len(windows), config.eval_batch_size):
+        batch = windows[i:i + config.eval_batch_size]
+        logits = model(batch[:, :-1])
+        nats += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+    return nats, windows[:, 1:].numel()
+
+
+if __name__ == "__main__":
+    main(KIND, CAUSAL, training_loss, validation_loss)

@@ -1,0 +1,584 @@
+"""
+The training loop shared by train_ar.py and train_diffusion.py: config and CLI, data, schedule, evaluation
+cadence, checkpoints, logging, resume and DDP live here once, so the two objectives are compared on equal terms.
+A training script passes in only its kind, its attention (causal or not) and its two loss functions.
+"""
+import contextlib
+import dataclasses
+import difflib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from model import ModelConfig, Transformer
+from prepare_data import UserError
+
+
+@dataclass
+class TrainConfig:
+    # data (prepare_data.py writes data_dir/dataset)
+    dataset: str = "default"
+    data_dir: str = "data"
+    unique_tokens: int = 0  # U: train only on the first U train tokens, repeated (0: the whole split)
+    epochs: float = 4.0  # training tokens = epochs x U; the schedule spans them all
+    max_iters: int = 0  # if > 0, train this many iterations instead of `epochs`
+    random_offsets: bool = False  # nanoGPT-style random windows (augments AR); default: exact epochs
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    # optimisation: AdamW, linear warmup then cosine to lr * min_lr_ratio at the end of the run
+    batch_size: int = 16  # sequences per micro-batch, per process
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # evaluation
+    eval_interval: int = 250  # iterations between evaluations (and one at the start and at the end)
+    eval_windows: int = 64  # validation windows evaluated (0: all); the same windows every time
+    eval_batch_size: int = 64
+    elbo_samples: int = 32  # K stratified t values per window for the diffusion ELBO
+    eval_seed: int = 1234
+    # output
+    out_dir: str = ""  # default: out/<kind>
+    ckpt_interval: int = 0  # iterations between checkpoints (0: at every evaluation)
+    log_interval: int = 25
+    resume: bool = False
+    overwrite: bool = False  # allow replacing a different run in out_dir
+    # system
+    seed: int = 1337
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    dtype: str = "auto"  # auto: bfloat16 on GPUs that support it, float16 on older ones, float32 on cpu
+    compile: bool = False
+
+
+# fields a resumed run may change; everything else must match the checkpoint's config
+RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "compile", "log_interval"}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_value(field, text):
+    if field.type in (bool, "bool"):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--{field.name} expects true or false, got '{text}'")
+    kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"--{field.name} expects {kind.__name__}, got '{text}'") from None
+
+
+def parse_args(argv, config):
+    """Apply `--key=value` / `--key value` (`--flag` alone sets a bool) to a dataclass config; returns the
+    set of keys given. Unknown keys and wrongly typed values are a UserError."""
+    by_name = {f.name: f for f in fields(config)}
+    given = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument '{arg}': options look like --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if key not in by_name:
+            close = difflib.get_close_matches(key, by_name, n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise UserError(f"unknown option --{key}{hint} (see --help)")
+        field = by_name[key]
+        if not eq:
+            is_bool = field.type in (bool, "bool")
+            if is_bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                value = "true"
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise UserError(f"--{key} needs a value")
+        setattr(config, key, parse_value(field, value))
+        given.add(key)
+        i += 1
+    return given
+
+
+def usage(config):
+    lines = [f"  --{f.name}={getattr(config, f.name)!r}" for f in fields(config)]
+    return "options (default values):\n" + "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no prepared data in {data_dir}/ (meta.json missing): run `python prepare_data.py` first")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON: re-run prepare_data.py") from None
+
+
+def load_tokens(data_dir, split, meta):
+    """A split as a read-only uint16 memmap, checked against meta.json."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing: re-run `python prepare_data.py`")
+    expected = meta.get(f"{split}_tokens")
+    if meta.get("dtype", "uint16") != "uint16" or os.path.getsize(path) != 2 * expected:
+        raise UserError(f"{path} holds {os.path.getsize(path)} bytes but meta.json says {expected} uint16 tokens: "
+                        f"the files are from different runs or truncated; re-run prepare_data.py")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+class Windows:
+    """Fixed windows of block_size + 1 tokens over the first U tokens (window j starts at j * block_size, so
+    consecutive windows share one token: AR predicts every token but the first exactly once per epoch).
+
+    Window slot g (a count over the whole run) is epoch g // n and position g % n of that epoch's seeded
+    shuffle, so an epoch visits every window once and any slot can be recomputed on resume.
+    """
+
+    def __init__(self, tokens, block_size, seed, random_offsets=False):
+        self.tokens, self.block_size, self.seed = tokens, block_size, seed
+        self.random_offsets = random_offsets
+        self.n = (len(tokens) - 1) // block_size
+        self._epoch, self._starts = None, None
+
+    def starts_for_epoch(self, epoch):
+        if self._epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.random_offsets:
+                self._starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.n)
+            else:
+                self._starts = rng.permutation(self.n) * self.block_size
+            self._epoch = epoch
+        return self._starts
+
+    def get(self, slots):
+        """Token windows for the given global slots, as an int64 tensor (len(slots), block_size + 1)."""
+        rows = []
+        for g in slots:
+            start = int(self.starts_for_epoch(int(g) // self.n)[int(g) % self.n])
+            rows.append(self.tokens[start:start + self.block_size + 1])
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def val_windows(tokens, block_size, max_windows):
+    """The first `max_windows` fixed windows of the val split (all if 0): the same ones at every eval."""
+    n = (len(tokens) - 1) // block_size
+    n = min(n, max_windows) if max_windows else n
+    rows = [tokens[j * block_size:j * block_size + block_size + 1] for j in range(n)]
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- schedule and optimizer
+
+def lr_at(it, config, total_iters):
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio over the rest of the run (paper 1's schedule)."""
+    warmup = min(config.warmup_iters, max(total_iters // 10, 1))
+    if it < warmup:
+        return config.lr * (it + 1) / warmup
+    progress = min((it - warmup) / max(total_iters - warmup, 1), 1.0)
+    min_lr = config.lr * config.min_lr_ratio
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - min_lr)
+
+
+def make_optimizer(model, config, device_type):
+    # weight decay on matrices (linear and embedding weights) only, not on norms' gains
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             fused=device_type == "cuda")
+
+
+# ----------------------------------------------------------------------------- devices
+
+# dense bf16 (fp16 on T4) tensor-core peak FLOP/s, for MFU; an unknown GPU gets no MFU rather than a wrong one
+PEAK_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+              ("A10", 125e12), ("L4", 121e12), ("T4", 65e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+def pick_device(name):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name, device):
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            name = "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def atomic_save(obj, path):
+    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                   *np_state[2:]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path):
+    """A checkpoint dict written by this project (ckpt.pt or best.pt), or a one-line UserError."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt") if os.path.isfile(os.path.join(path, "best.pt")) \
+            else os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first (python train_ar.py or train_diffusion.py)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("ar", "diffusion") or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no kind/model entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    model = Transformer(ModelConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- the run
+
+class TrainingNoise:
+    """Uniform random numbers for one micro-batch: `row` (B,) stratified, (u + b / B) mod 1 as in MDLM, and
+    `token` (B, T), one per token. They are drawn for the whole global micro-batch from a generator seeded by
+    (seed, iteration, micro-step) and then sliced, so N processes see what one process with N times the batch
+    sees, and a resumed run sees what the uninterrupted run saw."""
+
+    def __init__(self, seed, it, micro, total_rows, rows, seq_len, device):
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, it, micro]).generate_state(1)[0]))
+        u = torch.rand(1, generator=gen)
+        self.row = ((u + torch.arange(total_rows) / total_rows) % 1.0)[rows].to(device)
+        self.token = torch.rand(total_rows, seq_len, generator=gen)[rows].to(device)
+
+
+def setup_distributed():
+    """(rank, world_size, local_rank); a torchrun launch starts DDP (NCCL on CUDA, gloo on CPU)."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    import torch.distributed as dist
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def all_reduce_sum(values, world_size):
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def check_output_folder(config, kind):
+    ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
+    log_path = os.path.join(config.out_dir, "log.jsonl")
+    if config.resume:
+        return
+    if (os.path.exists(ckpt_path) or os.path.exists(log_path)) and not config.overwrite:
+        raise UserError(f"{config.out_dir} already holds a run: continue it with --resume, start over with "
+                        f"--overwrite, or choose another --out_dir")
+
+
+def evaluate(model, validation_loss, windows, config, rank, world_size, device, autocast):
+    """Mean validation loss in nats/token over `windows`, each process taking every world_size-th window."""
+    model.eval()
+    ids = torch.arange(rank, len(windows), world_size)
+    with torch.no_grad(), autocast:
+        nats, count = validation_loss(model, windows[ids].to(device), ids, config, model.config.mask_id)
+    totals = all_reduce_sum(torch.tensor([float(nats), float(count)], dtype=torch.float64, device=device), world_size)
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+def run(kind, causal, training_loss, validation_loss, argv=None):
+    """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options."""
+    argv = sys.argv[1:] if argv is None else argv
+    config = TrainConfig()
+    if "-h" in argv or "--help" in argv:
+        print(usage(config))
+        return None
+    given = parse_args(argv, config)
+    config.out_dir = config.out_dir or os.path.join("out", kind)
+
+    ckpt = None
+    if config.resume:
+        ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
+        if not os.path.isfile(ckpt_path):
+            raise UserError(f"--resume: no checkpoint at {ckpt_path} to continue")
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["kind"] != kind:
+            script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
+            raise UserError(f"{ckpt_path} holds a {ckpt['kind']} run: resume it with {script}")
+        saved = TrainConfig(**ckpt["config"])
+        changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
+        if changed:
+            raise UserError(f"--resume continues the saved config; these options differ from it: "
+                            f"{', '.join('--' + k for k in sorted(changed))}")
+        for k in RESUME_MAY_CHANGE:
+            setattr(saved, k, getattr(config, k))
+        config = saved
+
+    # --- data
+    data_dir = os.path.join(config.data_dir, config.dataset)
+    meta = load_meta(data_dir)
+    train_tokens = load_tokens(data_dir, "train", meta)
+    val_tokens = load_tokens(data_dir, "val", meta)
+    unique_tokens = config.unique_tokens or len(train_tokens)
+    if unique_tokens > len(train_tokens):
+        raise UserError(f"--unique_tokens {unique_tokens:,} is more than the {len(train_tokens):,} train tokens "
+                        f"in {data_dir}")
+    if unique_tokens < config.block_size + 1:
+        raise UserError(f"--unique_tokens {unique_tokens:,} is less than one window (block_size + 1 = "
+                        f"{config.block_size + 1})")
+    if len(val_tokens) < config.block_size + 1:
+        raise UserError(f"--block_size {config.block_size} is larger than the {len(val_tokens):,} val tokens "
+                        f"in {data_dir}: use a smaller block_size or more data")
+    if ckpt is not None and ckpt["model_args"]["n_vocab"] != meta["n_vocab"]:
+        raise UserError(f"the checkpoint has a vocabulary of {ckpt['model_args']['n_vocab']} tokens but "
+                        f"{data_dir} uses {meta['tokenizer']} ({meta['n_vocab']}): same data as the run, please")
+
+    # --- processes and devices
+    rank, world_size, local_rank = setup_distributed()
+    device = pick_device(config.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dtype = pick_dtype(config.dtype, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    master = rank == 0
+    if master:
+        check_output_folder(config, kind)
+        os.makedirs(config.out_dir, exist_ok=True)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    windows = Windows(train_tokens[:unique_tokens], config.block_size, config.seed, config.random_offsets)
+    val = val_windows(val_tokens, config.block_size, config.eval_windows)
+    micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
+    global_batch = micro_rows * config.grad_accum
+    total_iters = config.max_iters or math.ceil(config.epochs * windows.n / global_batch)
+
+    # --- model and optimizer
+    model_config = ModelConfig(n_vocab=meta["n_vocab"], block_size=config.block_size, n_layer=config.n_layer,
+                               n_head=config.n_head, n_embd=config.n_embd, causal=causal, dropout=config.dropout)
+    model = Transformer(model_config).to(device)
+    optimizer = make_optimizer(model, config, device.type)
+    state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
+             "train_loss_sum": 0.0, "train_loss_count": 0}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["state"])
+        set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)])
+    raw_model = model
+    if config.compile:
+        model = torch.compile(model)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    log_path = os.path.join(config.out_dir, "log.jsonl")
+    if master and ckpt is not None and os.path.exists(log_path):
+        # drop evaluations logged after the checkpoint: the resumed run will write them again
+        with open(log_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["iter"] <= state["iter"]]
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+    elif master and ckpt is None:
+        open(log_path, "w").close()
+
+    n_params = raw_model.num_params()
+    flops_per_iter = raw_model.flops_per_token() * global_batch * config.block_size
+    peak = peak_flops(device)
+    bits_per_byte = meta["tokenizer"] == "bytes"
+    if master:
+        print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
+              f"{world_size} process(es) | U = {unique_tokens:,} tokens = {windows.n:,} windows of "
+              f"{config.block_size + 1} | {global_batch} windows/iter | {total_iters:,} iters = "
+              f"{total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}")
+
+    def save(path, best_only=False):
+        ckpt_out = {"kind": kind, "model_args": raw_model.model_args(), "model": raw_model.state_dict(),
+                    "config": dataclasses.asdict(config), "meta": meta, "iter": state["iter"],
+                    "epoch": state["windows_seen"] / windows.n, "best_val": state["best_val"]}
+        if not best_only:
+            # RNG states of every process, so each continues its own streams
+            rngs = [rng_state()]
+            if world_size > 1:
+                import torch.distributed as dist
+                rngs = [None] * world_size
+                dist.all_gather_object(rngs, rng_state())
+            ckpt_out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=dict(state),
+                            rng=rngs)
+        if master:
+            atomic_save(ckpt_out, path)
+
+    # --- the loop
+    t_start = time.time()
+    t_log, iters_since_log = time.time(), 0
+    start_iter = state["iter"]
+    while True:
+        it = state["iter"]
+        epoch = state["windows_seen"] / windows.n
+        evaluated = False
+        if (it % config.eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]:
+            val_loss = evaluate(raw_model, validation_loss, val, config, rank, world_size, device, autocast)
+            train_loss = state["train_loss_sum"] / state["train_loss_count"] if state["train_loss_count"] else None
+            state.update(train_loss_sum=0.0, train_loss_count=0, evaluated_iter=it)
+            is_best = val_loss < state["best_val"]
+            if is_best:
+                state.update(best_val=val_loss, best_iter=it)
+            record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * config.block_size,
+                      "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
+                      "best_val": state["best_val"], "kind": kind, "elbo_samples": config.elbo_samples,
+                      "unique_tokens": unique_tokens, "n_params": n_params, "elapsed_s": round(time.time() - t_start, 1)}
+            if bits_per_byte:
+                record["val_bits_per_byte"] = val_loss / math.log(2)
+            if master:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if bits_per_byte else ""
+                tl = f"{train_loss:.4f}" if train_loss is not None else "-"
+                print(f"eval iter {it} | epoch {epoch:.2f} | train {tl} | val {val_loss:.4f} nats/token{unit}"
+                      f"{' | best' if is_best else ''}")
+            if is_best:
+                save(os.path.join(config.out_dir, "best.pt"), best_only=True)
+            evaluated = True
+            t_log = time.time()  # tokens/s counts training time only
+        if it > start_iter and (evaluated if not config.ckpt_interval else it % config.ckpt_interval == 0 or
+                                it == total_iters):
+            save(os.path.join(config.out_dir, "ckpt.pt"))
+        if it >= total_iters:
+            break
+
+        # one optimizer step: grad_accum micro-batches, gradients synced across processes only on the last
+        lr = lr_at(it, config, total_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            first_slot = state["windows_seen"] + micro * micro_rows
+            rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+            batch = windows.get(range(first_slot + rows.start, first_slot + rows.stop))
+            if device.type == "cuda":
+                batch = batch.pin_memory().to(device, non_blocking=True)
+            else:
+                batch = batch.to(device)
+            noise = TrainingNoise(config.seed, it, micro, micro_rows, rows, config.block_size, device)
+            sync = micro == config.grad_accum - 1 or world_size == 1
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                loss = training_loss(model, batch, noise, raw_model.config.mask_id) / config.grad_accum
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        loss_value = all_reduce_sum(loss_sum, world_size).item() / world_size
+        if not math.isfinite(loss_value):
+            raise UserError(f"loss is {loss_value} at iteration {it}: stopped; the last good checkpoint in "
+                            f"{config.out_dir} is kept (try a lower --lr)")
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state["iter"] += 1
+        state["windows_seen"] += global_batch
+        state["train_loss_sum"] += loss_value
+        state["train_loss_count"] += 1
+
+        iters_since_log += 1
+        if master and (state["iter"] % config.log_interval == 0 or state["iter"] == total_iters):
+            dt = time.time() - t_log
+            tokens_per_s = iters_since_log * global_batch * config.block_size / dt
+            mfu = f" | mfu {100 * flops_per_iter * iters_since_log / dt / (peak * world_size):.1f}%" if peak else ""
+            eta = (total_iters - state["iter"]) * dt / iters_since_log
+            print(f"iter {state['iter']}/{total_iters} | epoch {state['windows_seen'] / windows.n:.2f} | "
+                  f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
+            t_log, iters_since_log = time.time(), 0
+
+    if master:
+        print(f"done: best val {state['best_val']:.4f} nats/token at iter {state['best_iter']} "
+              f"({fmt_time(time.time() - t_start)}); checkpoints in {config.out_dir}")
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return state
+
+
+def main(kind, causal, training_loss, validation_loss):
+    """Entry point of a training script: a UserError becomes one line on stderr and exit status 1."""
+    try:
+        run(kind, causal, training_loss, validation_loss)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the last checkpoint is kept; continue with --resume")
