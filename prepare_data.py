@@ -86,7 +86,7 @@ def download(url, dest, max_bytes=None):
                 total = min(total, max_bytes) if total else max_bytes
             done, t0 = 0, time.time()
             while not max_bytes or done < max_bytes:
-                chunk = response.read(1 << 20)
+                chunk = response.read(min(1 << 20, max_bytes - done) if max_bytes else 1 << 20)
                 if not chunk:
                     break
                 f.write(chunk)
@@ -198,7 +198,7 @@ def main(argv=None):
                 continue
             if args.base_url:
                 url = args.base_url.rstrip("/") + "/" + url.rsplit("/", 1)[1]
-            dest = os.path.join(args.cache_dir, f"{args.dataset}-{int(args.max_download_mb)}MB-" + url.rsplit("/", 1)[1])
+            dest = os.path.join(args.cache_dir, f"{args.dataset}-{args.max_download_mb:g}MB-" + url.rsplit("/", 1)[1])
             files.append(download(url, dest, max_bytes))
         texts = [read_text(path, fmt) for path in files]
         if len(texts) == 1:

@@ -1,0 +1,256 @@
+"""
+Sample from a trained checkpoint: left to right with a KV cache (AR) or by iterative unmasking (diffusion).
+
+    python sample.py --ckpt out/ar --start "The "                  # streams text as it is produced
+    python sample.py --ckpt out/diffusion --start "The " --show    # watch the masks turn into text
+    python sample.py --ckpt out/diffusion --start "def [MASK*12](x):"   # infilling (diffusion only)
+
+In a prompt, `[MASK]` stands for one unknown token and `[MASK*N]` for N of them. `--start FILE:path` reads the
+prompt from a file. The checkpoint's kind picks the decoder; its tokenizer decodes the text.
+The functions are importable: ar_generate and diffusion_generate take a model and token tensors.
+"""
+import codecs
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from model import KVCache
+from prepare_data import UserError, get_tokenizer
+from trainer import load_checkpoint, model_from_checkpoint, parse_args, pick_device, usage
+
+MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
+
+
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/ar"  # a run folder (best.pt, else ckpt.pt) or a checkpoint file
+    start: str = "\n"  # prompt text, or FILE:path
+    num_samples: int = 2
+    seed: int = 1337
+    device: str = "auto"
+    temperature: float = 0.8  # 0: greedy (AR) / argmax (diffusion)
+    # AR
+    max_new_tokens: int = 300
+    top_k: int = 0  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (1.0: all)
+    no_cache: bool = False  # recompute the whole context every token (slow; for checking the cache)
+    # diffusion
+    gen_length: int = 0  # tokens to generate after the prompt (0: the rest of the context)
+    steps: int = 0  # denoising steps (0: gen_length, one token per step)
+    block_length: int = 0  # semi-autoregressive block size (0: one block)
+    remasking: str = "low_confidence"  # low_confidence | random
+    show: bool = False  # print the denoising trajectory, one line per step
+
+
+# ----------------------------------------------------------------------------- AR
+
+def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
+    """One token id per row from logits (B, V): argmax at temperature 0, else a draw after top-k / top-p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.double() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep tokens until the mass reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def ar_generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+                use_cache=True, on_token=None):
+    """Extend idx (B, T) by max_new_tokens tokens. With the cache, the prompt is prefilled once and each step
+    runs one token. Past the context, the cache is rebuilt from the last block_size // 2 tokens (without the
+    cache: the last block_size tokens), so generation can go on for any length."""
+    block_size = model.config.block_size
+    if idx.shape[1] > block_size:
+        raise UserError(f"the prompt has {idx.shape[1]} tokens but the context is {block_size}: shorten it")
+    cache, logits = None, None
+    for n in range(max_new_tokens):
+        if not use_cache:
+            logits = model(idx[:, -block_size:])[:, -1]
+        elif cache is None or cache.length == block_size:
+            # (re)fill the cache with the prompt, or with the last half context once the window is full
+            context = idx if cache is None else idx[:, -(block_size // 2):]
+            cache = KVCache(model.config, idx.shape[0], block_size, idx.device, model.embed.weight.dtype)
+            logits = model(context, cache=cache)[:, -1]
+        next_token = sample_next(logits, temperature, top_k, top_p, generator)
+        idx = torch.cat([idx, next_token[:, None]], dim=1)
+        if on_token is not None:
+            on_token(next_token)
+        if use_cache and cache.length < block_size and n < max_new_tokens - 1:
+            logits = model(next_token[:, None], cache=cache)[:, -1]
+    return idx
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+def num_transfer_tokens(masked, steps):
+    """How many masked positions each step commits (B, steps): each row's count spread evenly, the remainder
+    going to the first steps (the linear schedule of LLaDA's reference sampler)."""
+    count = masked.sum(dim=1, keepdim=True)
+    schedule = (count // steps).repeat(1, steps)
+    schedule += torch.arange(steps, device=masked.device)[None] < count % steps
+    return schedule
+
+
+@torch.no_grad()
+def diffusion_generate(model, x, prompt_length, steps, block_length=0, temperature=0.0,
+                       remasking="low_confidence", generator=None, on_step=None):
+    """Fill every [MASK] of x (B, L): positions >= prompt_length are generated in blocks of block_length, left to
+    right, steps split evenly between blocks; masks inside the prompt (infilling) are filled with the first
+    block. Each step predicts all positions, draws a candidate per masked position (argmax at temperature 0,
+    a float64 Gumbel-max draw from softmax(logits / temperature) otherwise), scores candidates by their
+    probability (low_confidence) or at random, and commits the best-scoring ones as the schedule says.
+    Known tokens never change. on_step(x, step) is called after every step."""
+    mask_id = model.config.mask_id
+    gen_length = x.shape[1] - prompt_length
+    block_length = block_length or gen_length or x.shape[1]
+    if x.shape[1] > model.config.block_size:
+        raise UserError(f"prompt + generation is {x.shape[1]} tokens but the context is {model.config.block_size}: "
+                        f"shorten the prompt or --gen_length")
+    if gen_length % block_length:
+        raise UserError(f"--gen_length {gen_length} must be a multiple of --block_length {block_length}")
+    num_blocks = max(gen_length // block_length, 1)
+    if steps % num_blocks:
+        raise UserError(f"--steps {steps} must be a multiple of the number of blocks ({num_blocks})")
+    steps_per_block = steps // num_blocks
+    x = x.clone()
+    position = torch.arange(x.shape[1], device=x.device)
+    step = 0
+    for block in range(num_blocks):
+        block_end = prompt_length + (block + 1) * block_length if gen_length else x.shape[1]
+        block_start = 0 if block == 0 else block_end - block_length  # the first block also takes the prompt's masks
+        in_block = (position >= block_start) & (position < block_end)
+        schedule = num_transfer_tokens((x == mask_id) & in_block, steps_per_block)
+        for i in range(steps_per_block):
+            masked = x == mask_id
+            logits = model(x)
+            if temperature > 0:
+                # Gumbel-max in float64: argmax of exp(logits) / (-log u)^temperature samples softmax(logits / T)
+                u = torch.rand(logits.shape, dtype=torch.float64, generator=generator).to(x.device)
+                candidates = (logits.double().exp() / (-torch.log(u)) ** temperature).argmax(dim=-1)
+            else:
+                candidates = logits.argmax(dim=-1)
+            if remasking == "low_confidence":
+                score = torch.gather(logits.softmax(dim=-1), -1, candidates[..., None]).squeeze(-1)
+            elif remasking == "random":
+                score = torch.rand(x.shape, dtype=torch.float64, generator=generator).to(x.device)
+            else:
+                raise UserError(f"--remasking {remasking}: choose low_confidence or random")
+            score = torch.where(masked & in_block, score, float("-inf"))
+            commit = torch.zeros_like(masked)
+            for row in range(x.shape[0]):  # each row commits its own number of tokens
+                commit[row, torch.topk(score[row], int(schedule[row, i])).indices] = True
+            x = torch.where(commit, candidates, x)
+            step += 1
+            if on_step is not None:
+                on_step(x, step)
+    return x
+
+
+# ----------------------------------------------------------------------------- text
+
+def encode_prompt(enc, text, mask_id):
+    """Token ids of text, with each [MASK] one mask id and each [MASK*N] N of them."""
+    ids = []
+    for piece in re.split(r"(\[MASK(?:\*\d+)?\])", text):
+        if piece.startswith("[MASK"):
+            ids += [mask_id] * (int(piece[6:-1]) if "*" in piece else 1)
+        elif piece:
+            ids += enc.encode_ordinary(piece)
+    return ids
+
+
+def render(enc, ids, mask_id):
+    """Text of ids with masks drawn as MASK_GLYPH and newlines as a visible mark, on one line."""
+    out, run = [], []
+    for token in list(ids) + [None]:
+        if token is None or token == mask_id:
+            out.append(b"".join(enc.decode_single_token_bytes(t) for t in run).decode("utf-8", errors="replace"))
+            run = []
+            if token is not None:
+                out.append(MASK_GLYPH)
+        else:
+            run.append(token)
+    return "".join(out).replace("\n", "\u23ce")
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise UserError(f"--start {start}: cannot read the file ({e.strerror})") from None
+    return start
+
+
+def main(argv=None):
+    config = SampleConfig()
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__ + "\n" + usage(config))
+        return
+    parse_args(argv, config)
+    ckpt = load_checkpoint(config.ckpt)
+    device = pick_device(config.device)
+    model = model_from_checkpoint(ckpt, device)
+    enc = get_tokenizer(ckpt["meta"]["tokenizer"])
+    mask_id = model.config.mask_id
+    prompt = encode_prompt(enc, read_prompt(config.start), mask_id)
+    if not prompt and ckpt["kind"] == "ar":
+        raise UserError("--start is empty: the AR model needs at least one prompt token")
+    if len(prompt) > model.config.block_size:
+        raise UserError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: shorten it")
+    generator = torch.Generator().manual_seed(config.seed)
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    if ckpt["kind"] == "ar":
+        if mask_id in prompt:
+            raise UserError("an AR model cannot infill: [MASK] in the prompt needs a diffusion checkpoint")
+        for n in range(config.num_samples):
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            print(enc.decode(prompt), end="", flush=True)
+
+            def stream(token):
+                print(decoder.decode(enc.decode_single_token_bytes(int(token[0]))), end="", flush=True)
+
+            idx = torch.tensor([prompt], device=device)
+            with autocast:
+                ar_generate(model, idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
+                            generator, use_cache=not config.no_cache, on_token=stream)
+            print(decoder.decode(b"", final=True))
+            print("-" * 60)
+        return
+
+    gen_length = config.gen_length or model.config.block_size - len(prompt)
+    if len(prompt) + gen_length > model.config.block_size:
+        raise UserError(f"prompt ({len(prompt)}) + --gen_length ({gen_length}) is longer than the context "
+                        f"({model.config.block_size}): shorten one")
+    steps = config.steps or gen_length or prompt.count(mask_id)
+    x = torch.tensor([prompt + [mask_id] * gen_length] * config.num_samples, device=device)
+
+    def show(x, step):
+        print(f"step {step:3d} | {render(enc, x[0].tolist(), mask_id)}")
+
+    with autocast:
+        out = diffusion_generate(model, x, len(prompt), steps, config.block_length, config.temperature,
+                                 config.remasking, generator, on_step=show if config.show else None)
+    for row in out.tolist():
+        print(enc.decode(row))
+        print("-" * 60)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

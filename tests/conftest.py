@@ -1,0 +1,34 @@
+import os
+import random
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from prepare_data import prepare  # noqa: E402
+
+# a tiny model that trains in seconds on CPU
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_windows=8",
+        "--eval_batch_size=64", "--log_interval=1000", "--warmup_iters=5"]
+
+
+def tiny_text(n_words=3000, seed=0):
+    """A small corpus with structure a tiny model can learn: a few words in a seeded random order."""
+    rng = random.Random(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]
+    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """tmp data folder holding data/tiny prepared with byte tokens."""
+    text = tiny_text()
+    cut = int(len(text) * 0.9)
+    prepare(text[:cut], text[cut:], str(tmp_path / "data" / "tiny"), "bytes", "test")
+    return str(tmp_path / "data")
+
+
+def tiny_args(data_dir, out_dir, *extra):
+    return TINY + [f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out_dir}", *extra]

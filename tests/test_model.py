@@ -1,0 +1,66 @@
+import torch
+import torch.nn.functional as F
+
+from model import KVCache, ModelConfig, Transformer
+
+
+def tiny_model(causal, seed=0, **kw):
+    torch.manual_seed(seed)
+    config = ModelConfig(n_vocab=100, block_size=16, n_layer=2, n_head=2, n_embd=32, causal=causal, **kw)
+    return Transformer(config).eval()
+
+
+def test_causal_logits_ignore_future_tokens_bidirectional_do_not():
+    idx = torch.randint(0, 100, (2, 12))
+    changed = idx.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % 100
+    for causal in (True, False):
+        model = tiny_model(causal)
+        a, b = model(idx), model(changed)
+        same_prefix = torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+        assert same_prefix == causal
+        assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_vocab_padded_and_mask_padding_never_predicted():
+    model = tiny_model(False)
+    config = model.config
+    assert config.mask_id == 100 and config.vocab_size % 64 == 0 and config.vocab_size >= 101
+    logits = model(torch.randint(0, 101, (3, 10)))
+    assert logits.shape[-1] == config.vocab_size
+    assert torch.isinf(logits[..., 100:]).all() and (logits[..., 100:] < 0).all()
+    assert torch.isfinite(logits[..., :100]).all()
+    assert (logits.argmax(-1) < 100).all()
+    probs = F.softmax(logits, -1)
+    assert probs[..., 100:].sum() == 0
+
+
+def test_kv_cache_matches_full_forward_chunk_by_chunk():
+    model = tiny_model(True)
+    idx = torch.randint(0, 100, (2, 16))
+    full = model(idx)
+    cache = KVCache(model.config, 2, 16, idx.device, torch.float32)
+    pieces = [model(idx[:, :5], cache=cache), model(idx[:, 5:6], cache=cache), model(idx[:, 6:11], cache=cache),
+              model(idx[:, 11:], cache=cache)]
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_count_matches_the_architecture():
+    model = tiny_model(True)
+    c = model.config
+    d, h, L = c.n_embd, c.mlp_hidden, c.n_layer
+    # tied embedding + per layer (qkv, out proj, SwiGLU's three matrices, two norm gains) + final norm
+    expected = c.vocab_size * d + L * (4 * d * d + 3 * d * h + 2 * d) + d
+    assert model.num_params() == expected
+    assert model.flops_per_token() > 6 * (expected - c.vocab_size * d)
+
+
+def test_longer_than_context_is_an_error():
+    model = tiny_model(True)
+    try:
+        model(torch.zeros(1, 17, dtype=torch.long))
+    except ValueError as e:
+        assert "context" in str(e)
+    else:
+        raise AssertionError("expected an error")

@@ -1,0 +1,154 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sample
+from model import ModelConfig, Transformer
+from prepare_data import UserError, get_tokenizer
+from sample import ar_generate, diffusion_generate, encode_prompt, num_transfer_tokens
+
+MASK = 100
+
+
+def tiny_model(causal, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(n_vocab=100, block_size=48, n_layer=2, n_head=2, n_embd=32, causal=causal)).eval()
+
+
+@pytest.mark.parametrize("prompt_len,new", [(1, 10), (5, 30), (20, 28)])
+def test_kv_cached_greedy_equals_uncached(prompt_len, new):
+    model = tiny_model(True)
+    prompt = torch.randint(0, 100, (2, prompt_len))
+    cached = ar_generate(model, prompt, new, temperature=0)
+    uncached = ar_generate(model, prompt, new, temperature=0, use_cache=False)
+    assert cached.shape == (2, prompt_len + new)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[:, :prompt_len], prompt)
+
+
+def test_seeded_sampling_reproduces_and_top_k_restricts():
+    model = tiny_model(True)
+    prompt = torch.randint(0, 100, (1, 4))
+    draw = lambda seed, **kw: ar_generate(model, prompt, 20, 1.0, generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    assert torch.equal(draw(1, use_cache=False), draw(1))  # the cache changes nothing but speed
+    # top_k=1 is greedy whatever the seed
+    assert torch.equal(draw(5, top_k=1), ar_generate(model, prompt, 20, temperature=0))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    seen = {sample.sample_next(logits, 1.0, top_p=0.75, generator=torch.Generator().manual_seed(s)).item()
+            for s in range(200)}
+    assert seen == {0, 1}
+
+
+def test_generation_past_the_context_slides():
+    model = tiny_model(True)
+    out = ar_generate(model, torch.randint(0, 100, (1, 3)), 100, temperature=0)
+    assert out.shape == (1, 103) and (out < 100).all()
+
+
+def test_schedule_spreads_the_count_remainder_first():
+    masked = torch.zeros(3, 10, dtype=torch.bool)
+    masked[0, :10] = True
+    masked[1, :7] = True
+    masked[2, :2] = True
+    schedule = num_transfer_tokens(masked, 4)
+    assert schedule.tolist() == [[3, 3, 2, 2], [2, 2, 2, 1], [1, 1, 0, 0]]
+
+
+def count_commits(model, x, prompt_length, steps, **kw):
+    trail = [x]
+    out = diffusion_generate(model, x, prompt_length, steps, on_step=lambda x, s: trail.append(x.clone()), **kw)
+    commits = [((a == MASK) & (b != MASK)).sum(1) for a, b in zip(trail, trail[1:])]
+    return out, torch.stack(commits, 1), trail
+
+
+def test_one_token_per_step_when_steps_equal_length_and_known_tokens_fixed():
+    model = tiny_model(False)
+    prompt = torch.randint(0, 100, (2, 6))
+    x = torch.cat([prompt, torch.full((2, 16), MASK)], 1)
+    out, commits, trail = count_commits(model, x, 6, 16)
+    assert (commits == 1).all() and commits.sum(1).tolist() == [16, 16]
+    assert (out != MASK).all()
+    for state in trail:
+        assert torch.equal(state[:, :6], prompt)
+    # once committed, a token never changes
+    for a, b in zip(trail, trail[1:]):
+        assert torch.equal(a[a != MASK], b[a != MASK])
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_infilling_with_blocks_rows_with_different_masks(remasking):
+    model = tiny_model(False)
+    x = torch.randint(0, 100, (3, 40))
+    x[0, 3:9] = MASK
+    x[1, 10] = MASK
+    x[2, 20:24] = MASK
+    x[:, 24:] = MASK  # 16 generated tokens after a 24-token prompt with holes
+    known = x != MASK
+    out, commits, _ = count_commits(model, x, 24, 8, block_length=8, temperature=0.7, remasking=remasking,
+                                    generator=torch.Generator().manual_seed(0))
+    assert (out != MASK).all()
+    assert torch.equal(out[known], x[known])
+    assert commits.sum(1).tolist() == [22, 17, 20]  # every row its own count
+    # blocks: the second half of the steps fills only the second block
+    assert (commits[:, 4:].sum(1) == 8).all()
+
+
+def test_temperature_zero_is_deterministic_and_seed_reproduces():
+    model = tiny_model(False)
+    x = torch.cat([torch.randint(0, 100, (1, 4)), torch.full((1, 20), MASK)], 1)
+    a = diffusion_generate(model, x, 4, 10)
+    b = diffusion_generate(model, x, 4, 10)
+    assert torch.equal(a, b)
+    s = lambda seed: diffusion_generate(model, x, 4, 10, temperature=1.0, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(s(3), s(3)) and not torch.equal(s(3), s(4))
+
+
+def llada_reference(model, prompt, steps, gen_length, block_length):
+    """LLaDA's published generate() at temperature 0 with low_confidence remasking, written from its
+    description: per block, per step, argmax candidates, confidence = softmax prob, commit the top-k."""
+    x = torch.full((1, prompt.shape[1] + gen_length), MASK)
+    x[:, :prompt.shape[1]] = prompt
+    steps_per_block = steps // (gen_length // block_length)
+    for b in range(gen_length // block_length):
+        lo, hi = prompt.shape[1] + b * block_length, prompt.shape[1] + (b + 1) * block_length
+        n_masked = int((x[0, lo:hi] == MASK).sum())
+        counts = [n_masked // steps_per_block + (1 if i < n_masked % steps_per_block else 0)
+                  for i in range(steps_per_block)]
+        for i in range(steps_per_block):
+            logits = model(x)
+            x0 = logits.argmax(-1)
+            p = F.softmax(logits, dim=-1).gather(-1, x0[..., None])[..., 0]
+            p[:, hi:] = -float("inf")
+            conf = torch.where(x == MASK, p, torch.tensor(-float("inf")))
+            idx = torch.topk(conf[0], counts[i]).indices
+            x[0, idx] = x0[0, idx]
+    return x
+
+
+@pytest.mark.parametrize("steps,gen_length,block_length", [(16, 32, 32), (16, 32, 8), (12, 24, 24)])
+def test_matches_llada_generate_at_temperature_zero(steps, gen_length, block_length):
+    model = tiny_model(False, seed=3)
+    prompt = torch.randint(0, 100, (1, 8))
+    x = torch.cat([prompt, torch.full((1, gen_length), MASK)], 1)
+    ours = diffusion_generate(model, x, 8, steps, block_length)
+    assert torch.equal(ours, llada_reference(model, prompt, steps, gen_length, block_length))
+
+
+def test_prompt_errors():
+    ar, df = tiny_model(True), tiny_model(False)
+    with pytest.raises(UserError, match="context"):
+        ar_generate(ar, torch.zeros(1, 49, dtype=torch.long), 5)
+    with pytest.raises(UserError, match="context"):
+        diffusion_generate(df, torch.full((1, 60), MASK), 10, 10)
+    with pytest.raises(UserError, match="multiple"):
+        diffusion_generate(df, torch.full((1, 30), MASK), 10, 10, block_length=7)
+
+
+def test_prompt_notation():
+    enc = get_tokenizer("bytes")
+    assert encode_prompt(enc, "ab[MASK]c[MASK*3]", 256) == [97, 98, 256, 99, 256, 256, 256]
+    assert sample.render(enc, [97, 256, 10, 98], 256) == "a" + sample.MASK_GLYPH + "\u23ceb"

@@ -1,0 +1,200 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train_ar
+import train_diffusion
+from conftest import ROOT, tiny_args
+from prepare_data import UserError
+from trainer import TrainConfig, load_checkpoint, model_from_checkpoint, parse_args, run, atomic_save
+
+SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
+
+
+def train(kind, data_dir, out_dir, *extra):
+    script = SCRIPTS[kind]
+    return run(kind, script.CAUSAL, script.training_loss, script.validation_loss, tiny_args(data_dir, out_dir, *extra))
+
+
+def read_log(out_dir, drop=("elapsed_s",)):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in f]
+
+
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_tiny_model_learns_tiny_corpus(kind, data_dir, tmp_path):
+    out = str(tmp_path / kind)
+    train(kind, data_dir, out, "--max_iters=150", "--eval_interval=75", "--lr=3e-3", "--elbo_samples=8")
+    log = read_log(out)
+    assert [r["iter"] for r in log] == [0, 75, 150]
+    start, end = log[0]["val_loss"], log[-1]["val_loss"]
+    # from ~ln(256) = 5.5 nats down to the structure of the corpus: well below the start
+    assert end < 0.6 * start, (start, end)
+    assert log[-1]["train_loss"] < log[1]["train_loss"]
+    assert log[-1]["epoch"] > 0 and log[-1]["tokens"] == 150 * 8 * 32
+
+
+def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
+    """The saved weights reproduce the final val loss the run logged (same logits on the same windows)."""
+    from trainer import load_meta, load_tokens, val_windows
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10")
+    ckpt = load_checkpoint(out)  # a folder: best.pt
+    assert ckpt["kind"] == "ar" and ckpt["iter"] == 20
+    model = model_from_checkpoint(ckpt)
+    assert model.config.causal
+    meta = load_meta(os.path.join(data_dir, "tiny"))
+    windows = val_windows(load_tokens(os.path.join(data_dir, "tiny"), "val", meta), 32, 8)
+    with torch.no_grad():
+        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), TrainConfig(), 256)
+    assert abs(nats / count - read_log(out)[-1]["val_loss"]) < 1e-6
+    latest = model_from_checkpoint(load_checkpoint(out + "/ckpt.pt"))
+    idx = torch.randint(0, 256, (2, 32))
+    torch.testing.assert_close(model(idx), latest(idx), rtol=0, atol=0)  # best is the last here
+
+
+def test_epochs_are_exact_every_window_once_per_epoch(data_dir):
+    from trainer import Windows
+    tokens = np.arange(1000, dtype=np.uint16)
+    w = Windows(tokens, 32, seed=1)
+    assert w.n == (1000 - 1) // 32
+    for epoch in range(3):
+        batch = w.get(range(epoch * w.n, (epoch + 1) * w.n))
+        starts = sorted(batch[:, 0].tolist())
+        assert starts == [j * 32 for j in range(w.n)]  # each window exactly once
+        assert (batch[:, 1:] - batch[:, :-1] == 1).all()  # contiguous text
+    # the order differs between epochs
+    assert w.get(range(0, w.n))[:, 0].tolist() != w.get(range(w.n, 2 * w.n))[:, 0].tolist()
+
+
+def test_cli_overrides_both_spellings_and_bools():
+    c = TrainConfig()
+    given = parse_args(["--n_layer=6", "--lr", "1e-3", "--compile", "--random_offsets=false", "--dataset", "x"], c)
+    assert (c.n_layer, c.lr, c.compile, c.random_offsets, c.dataset) == (6, 1e-3, True, False, "x")
+    assert given == {"n_layer", "lr", "compile", "random_offsets", "dataset"}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--n_layers=6"], "unknown option --n_layers; did you mean --n_layer?"),
+    (["--lr=fast"], "--lr expects float, got 'fast'"),
+    (["--n_layer=2.5"], "--n_layer expects int"),
+    (["--compile=maybe"], "--compile expects true or false"),
+    (["--n_layer"], "--n_layer needs a value"),
+    (["n_layer=3"], "unexpected argument"),
+])
+def test_cli_errors(argv, message):
+    with pytest.raises(UserError, match=message.replace("?", r"\?")):
+        parse_args(argv, TrainConfig())
+
+
+def test_bad_inputs_are_one_line_errors(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    cases = [
+        (["--dataset=nope"], "run `python prepare_data.py` first"),
+        (["--unique_tokens=10000000"], "is more than the"),
+        (["--unique_tokens=20"], "less than one window"),
+        (["--block_size=4096"], "larger than the"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(UserError, match=message):
+            train("ar", data_dir, out, *extra)
+    # a truncated .bin
+    bad = tmp_path / "data_bad"
+    bad.mkdir()
+    for name in ("meta.json", "val.bin"):
+        (bad / name).write_bytes(open(os.path.join(data_dir, "tiny", name), "rb").read())
+    (bad / "train.bin").write_bytes(open(os.path.join(data_dir, "tiny", "train.bin"), "rb").read()[:-2])
+    with pytest.raises(UserError, match="truncated"):
+        run("ar", True, train_ar.training_loss, train_ar.validation_loss,
+            tiny_args(str(tmp_path), out, "--dataset=data_bad"))
+
+
+def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=10", "--eval_interval=5")
+    before = open(out + "/ckpt.pt", "rb").read()
+    with pytest.raises(UserError, match="already holds a run"):
+        train("ar", data_dir, out, "--max_iters=10")
+    with pytest.raises(UserError, match="holds a ar run: resume it with train_ar.py"):
+        train("diffusion", data_dir, out, "--max_iters=10", "--resume")
+    with pytest.raises(UserError, match="--lr"):
+        train("ar", data_dir, out, "--max_iters=10", "--resume", "--lr=1")
+    assert open(out + "/ckpt.pt", "rb").read() == before  # nothing was damaged
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.pt"))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(str(tmp_path / "other.pt"))
+
+
+def test_same_seed_same_log(data_dir, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for out in (a, b):
+        train("diffusion", data_dir, out, "--max_iters=30", "--eval_interval=10", "--elbo_samples=4", "--dropout=0.1")
+    assert read_log(a) == read_log(b)
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+
+    calls = []
+
+    def poisoned(model, windows, noise, mask_id):  # a loss that turns NaN at the 13th iteration
+        calls.append(1)
+        loss = train_ar.training_loss(model, windows, noise, mask_id)
+        return loss * float("nan") if len(calls) > 12 else loss
+    with pytest.raises(UserError, match="loss is nan at iteration 12"):
+        run("ar", True, poisoned, train_ar.validation_loss,
+            tiny_args(data_dir, out, "--max_iters=50", "--eval_interval=10"))
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    assert ckpt["iter"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_crash_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    atomic_save({"kind": "ar", "model": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"kind": "ar", "model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_killed_run_resumes_to_the_same_log(data_dir, tmp_path):
+    """SIGKILL a training process after its first checkpoint, resume it, compare with an uninterrupted run."""
+    common = [a for a in tiny_args(data_dir, "", "--max_iters=300", "--eval_interval=20", "--ckpt_interval=7",
+                                   "--elbo_samples=4", "--dropout=0.1") if not a.startswith("--out_dir")]
+    script = os.path.join(ROOT, "train_diffusion.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    subprocess.run([sys.executable, script, *common, f"--out_dir={full}"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([sys.executable, script, *common, f"--out_dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not os.path.exists(killed + "/ckpt.pt") and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(killed + "/ckpt.pt")["iter"]
+    assert 0 < stopped_at < 300, "the run was not killed mid-way; make it longer"
+    result = subprocess.run([sys.executable, script, *common, f"--out_dir={killed}", "--resume"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert read_log(killed) == read_log(full)
+    assert len(read_log(full)) == 16
+    a, b = load_checkpoint(full + "/ckpt.pt"), load_checkpoint(killed + "/ckpt.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
