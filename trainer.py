@@ -434,7 +434,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     model = Transformer(model_config).to(device)
     optimizer = make_optimizer(model, config, device.type)
     state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
-             "train_loss_sum": 0.0, "train_loss_count": 0}
+             "train_loss_sum": 0.0, "train_loss_count": 0, "elapsed_before": 0.0}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -479,7 +479,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
                 import torch.distributed as dist
                 rngs = [None] * world_size
                 dist.all_gather_object(rngs, rng_state())
-            ckpt_out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=dict(state),
+            state_now = dict(state, elapsed_before=state["elapsed_before"] + time.time() - t_start)
+            ckpt_out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=state_now,
                             rng=rngs)
         if master:
             atomic_save(ckpt_out, path)
@@ -502,7 +503,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
             record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * config.block_size,
                       "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
                       "best_val": state["best_val"], "kind": kind, "elbo_samples": config.elbo_samples,
-                      "unique_tokens": unique_tokens, "n_params": n_params, "elapsed_s": round(time.time() - t_start, 1)}
+                      "unique_tokens": unique_tokens, "n_params": n_params, "done": it == total_iters,
+                      "elapsed_s": round(time.time() - t_start + state["elapsed_before"], 1)}
             if bits_per_byte:
                 record["val_bits_per_byte"] = val_loss / math.log(2)
             if master:

@@ -1,0 +1,102 @@
+"""
+Training throughput of both scripts' steps (forward, loss, backward, AdamW) at a fixed config on this device.
+
+    python bench/throughput.py                                   # the training scripts' default model
+    python bench/throughput.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --n_vocab=50257 \
+        --batch_size=16 --compile                                # GPT-2 small on a GPU
+
+Prints tokens/s per kind (and MFU on GPUs of known peak). Timing excludes `warmup` steps (compilation).
+"""
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_ar  # noqa: E402
+import train_diffusion  # noqa: E402
+from model import ModelConfig, Transformer  # noqa: E402
+from prepare_data import UserError  # noqa: E402
+from trainer import TrainConfig, TrainingNoise, make_optimizer, parse_args, peak_flops, pick_device, pick_dtype  # noqa: E402
+
+
+@dataclass
+class BenchConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    n_vocab: int = 256
+    batch_size: int = 16
+    steps: int = 20
+    warmup: int = 3
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    kinds: str = "ar,diffusion"
+
+
+def bench(kind, script, config, device, dtype):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer,
+                                    n_head=config.n_head, n_embd=config.n_embd, causal=script.CAUSAL)).to(device)
+    optimizer = make_optimizer(model, TrainConfig(), device.type)
+    step_model = torch.compile(model) if config.compile else model
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
+    rows = slice(0, config.batch_size)
+
+    def step(i):
+        noise = TrainingNoise(0, i, 0, config.batch_size, rows, config.block_size, device)
+        with autocast:
+            loss = script.training_loss(step_model, windows, noise, model.config.mask_id)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(config.warmup):
+        step(i).item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(config.steps):
+        loss = step(config.warmup + i)
+    loss.item()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tokens_per_s = config.steps * config.batch_size * config.block_size / dt
+    peak = peak_flops(device)
+    mfu = f"{100 * model.flops_per_token() * tokens_per_s / peak:.1f}%" if peak else "-"
+    return model.num_params(), tokens_per_s, mfu
+
+
+def main():
+    config = BenchConfig()
+    parse_args(sys.argv[1:], config)
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name} | dtype {str(dtype).replace('torch.', '')} | compile {config.compile} | "
+          f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, context {config.block_size}, "
+          f"vocab {config.n_vocab}, batch {config.batch_size}, {config.steps} timed steps")
+    print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7}")
+    for kind in config.kinds.split(","):
+        script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
+        params, tokens_per_s, mfu = bench(kind, script, config, device, dtype)
+        print(f"{kind:<10} {params / 1e6:>9.2f}M {tokens_per_s:>12,.0f} {mfu:>7}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

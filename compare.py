@@ -1,0 +1,121 @@
+"""
+Compare training runs: a table of best and final validation loss, and a plot of validation loss vs epoch.
+
+    python compare.py out/ar out/diffusion                   # table + compare.png (if matplotlib is installed)
+    python compare.py out/sweep/* --plot=sweep.png --logx
+
+AR's number is its exact NLL; diffusion's is the ELBO, an upper bound on its NLL, so diffusion below AR means
+diffusion's true NLL is lower still. Units: nats/token (and bits/byte for byte-tokenized data).
+"""
+import json
+import math
+import os
+import sys
+
+from prepare_data import UserError
+
+COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
+          "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
+
+
+def read_log(folder):
+    path = os.path.join(folder, "log.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{folder} has no log.jsonl: pass run folders written by train_ar.py / train_diffusion.py")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        raise UserError(f"{path} is empty: the run has not evaluated yet")
+    return records
+
+
+def summarize(folder):
+    records = read_log(folder)
+    best = min(records, key=lambda r: r["val_loss"])
+    last = records[-1]
+    bytes_tokens = "val_bits_per_byte" in last
+    return {"run": os.path.basename(os.path.normpath(folder)), "kind": last["kind"], "params": last["n_params"],
+            "unique_tokens": last["unique_tokens"], "epochs": last["epoch"], "best_val": best["val_loss"],
+            "best_epoch": best["epoch"], "final_val": last["val_loss"], "tokens": last["tokens"],
+            "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records}
+
+
+def format_table(rows):
+    bpb = all(r["bits_per_byte"] for r in rows)
+    head = (f"{'run':<22} {'kind':<9} {'params':>7} {'unique':>9} {'epochs':>7} {'best val':>9} {'@epoch':>7} "
+            f"{'final val':>9} {'tokens':>11} {'wall':>7}" + (f" {'best bits/byte':>14}" if bpb else ""))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        line = (f"{r['run'][:22]:<22} {r['kind']:<9} {r['params'] / 1e6:>6.2f}M {r['unique_tokens']:>9,} "
+                f"{r['epochs']:>7.1f} {r['best_val']:>9.4f} {r['best_epoch']:>7.1f} {r['final_val']:>9.4f} "
+                f"{r['tokens']:>11,} {r['wall_s'] / 60:>6.1f}m")
+        if bpb:
+            line += f" {r['best_val'] / math.log(2):>14.4f}"
+        lines.append(line)
+    lines.append("val loss in nats/token: AR exact NLL, diffusion ELBO (an upper bound on its NLL)")
+    return "\n".join(lines)
+
+
+def plot(rows, path, logx=False):
+    """Validation loss vs epoch, all runs on one axis; train loss dashed. Returns False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    used = {"ar": 0, "diffusion": 0}
+    for r in rows:
+        color = COLORS[r["kind"]][used[r["kind"]] % 5]
+        used[r["kind"]] += 1
+        epochs = [x["epoch"] for x in r["records"]]
+        ax.plot(epochs, [x["val_loss"] for x in r["records"]], color=color, marker=".",
+                label=f"{r['run']} ({r['kind']}) val, best {r['best_val']:.3f}")
+        train = [(x["epoch"], x["train_loss"]) for x in r["records"] if x["train_loss"] is not None]
+        if train:
+            ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{r['run']} train")
+    if logx:
+        ax.set_xscale("symlog", linthresh=1)
+    unit = "nats/token (bytes: nats/byte)" if all(r["bits_per_byte"] for r in rows) else "nats/token"
+    ax.set_xlabel("epoch (passes over the unique tokens)")
+    ax.set_ylabel(f"loss, {unit}; diffusion: ELBO bound")
+    finals = [x["val_loss"] for r in rows for x in r["records"][1:]]
+    if finals:
+        ax.set_ylim(min(finals) * 0.95, min(max(finals) * 1.05, min(finals) * 2.5))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("AR vs masked diffusion on repeated data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    folders = [a for a in argv if not a.startswith("--")]
+    options = dict(a[2:].partition("=")[::2] for a in argv if a.startswith("--"))
+    unknown = set(options) - {"plot", "logx", "no_plot"}
+    if unknown:
+        raise UserError(f"unknown option --{sorted(unknown)[0]}: compare.py takes run folders, --plot=PATH, "
+                        f"--logx, --no_plot")
+    if not folders:
+        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=compare.png] [--logx]")
+    rows = [summarize(folder) for folder in folders]
+    print(format_table(rows))
+    if "no_plot" in options:
+        return rows
+    path = options.get("plot") or "compare.png"
+    if plot(rows, path, logx="logx" in options):
+        print(f"plot: {path}")
+    else:
+        print("no plot: matplotlib is not installed (pip install matplotlib)")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")
