@@ -6,4 +6,4 @@ cd "$(dirname "$0")"
 python3 prepare_data.py
 python3 train_ar.py --overwrite "$@"
 python3 train_diffusion.py --overwrite "$@"
-python3 compare.py out/ar out/diffusion
+python3 compare.py out/ar out/diffusion --plot=out/compare.png

@@ -163,8 +163,8 @@ def split_tail(text, val_fraction):
     return text[:cut], text[cut:]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default="bytes", choices=["bytes", "gpt2"])
     p.add_argument("--dataset", default="default", choices=["default"] + sorted(DATASETS))
     p.add_argument("--input", help="a UTF-8 text file to use instead of --dataset")
@@ -175,7 +175,11 @@ def main(argv=None):
     p.add_argument("--max_download_mb", type=float, default=100.0, help="cap on each downloaded file")
     p.add_argument("--cache_dir", default=os.path.join("data", "_downloads"))
     p.add_argument("--base_url", help="fetch the dataset's files from this server instead (a mirror)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UserError("--val_fraction must be between 0 and 1")
 

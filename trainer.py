@@ -180,10 +180,10 @@ class Windows:
 
 
 def val_windows(tokens, block_size, max_windows):
-    """The first `max_windows` fixed windows of the val split (all if 0): the same ones at every eval."""
+    """`max_windows` fixed windows spread evenly over the val split (all if 0): the same ones at every eval."""
     n = (len(tokens) - 1) // block_size
-    n = min(n, max_windows) if max_windows else n
-    rows = [tokens[j * block_size:j * block_size + block_size + 1] for j in range(n)]
+    chosen = np.linspace(0, n - 1, min(n, max_windows)).round().astype(int) if max_windows else np.arange(n)
+    rows = [tokens[j * block_size:j * block_size + block_size + 1] for j in chosen]
     return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 

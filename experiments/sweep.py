@@ -28,6 +28,7 @@ class SweepConfig:
     diffusion_epochs: str = "100"
     out: str = "out/sweep"
     jobs: int = 1
+    threads: int = 0  # torch threads per run (0: cores / jobs)
     plot: str = ""  # default: OUT/compare.png
 
 
@@ -47,7 +48,7 @@ def main(argv=None):
     extra = argv[split + 1:]
     grid = [("ar", e) for e in config.ar_epochs.split(",") if e] + \
            [("diffusion", e) for e in config.diffusion_epochs.split(",") if e]
-    threads = str(max((os.cpu_count() or 1) // config.jobs, 1))
+    threads = str(config.threads or max((os.cpu_count() or 1) // config.jobs, 1))
     pending, folders = [], []
     for kind, epochs in grid:
         folder = os.path.join(config.out, f"{kind}_e{epochs}")

@@ -152,3 +152,45 @@ def test_prompt_notation():
     enc = get_tokenizer("bytes")
     assert encode_prompt(enc, "ab[MASK]c[MASK*3]", 256) == [97, 98, 256, 99, 256, 256, 256]
     assert sample.render(enc, [97, 256, 10, 98], 256) == "a" + sample.MASK_GLYPH + "\u23ceb"
+
+
+@pytest.fixture
+def runs(data_dir, tmp_path):
+    """A tiny AR and a tiny diffusion run on the tiny corpus."""
+    from conftest import tiny_args
+    import train_ar
+    import train_diffusion
+    from trainer import run
+    folders = {}
+    for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
+        folders[kind] = str(tmp_path / kind)
+        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
+            tiny_args(data_dir, folders[kind], "--max_iters=60", "--eval_interval=60", "--elbo_samples=4"))
+    return folders
+
+
+def test_sample_cli_both_kinds(runs, tmp_path, capsys):
+    sample.main(["--ckpt", runs["ar"], "--start", "the ", "--num_samples=1", "--max_new_tokens=20", "--temperature=0"])
+    ar_text = capsys.readouterr().out.split("\n" + "-" * 60)[0]
+    assert ar_text.startswith("the ") and len(ar_text) == 24
+    (tmp_path / "prompt.txt").write_text("the cat [MASK*4] on")
+    sample.main(["--ckpt", runs["diffusion"], "--start", f"FILE:{tmp_path / 'prompt.txt'}", "--num_samples=2",
+                 "--gen_length=8", "--steps=6", "--block_length=4", "--show"])
+    out = capsys.readouterr().out.splitlines()
+    steps = [line for line in out if line.startswith("step")]
+    assert len(steps) == 6 and sample.MASK_GLYPH * 4 in steps[0] and sample.MASK_GLYPH not in steps[-1]
+    texts = [line for line in out if line.startswith("the cat ")]
+    assert len(texts) == 2 and all(t.endswith(" on") is False and len(t) == len("the cat xxxx on") + 8 for t in texts)
+
+
+def test_sample_cli_errors(runs):
+    with pytest.raises(UserError, match="cannot infill"):
+        sample.main(["--ckpt", runs["ar"], "--start", "a[MASK]b"])
+    with pytest.raises(UserError, match="context"):
+        sample.main(["--ckpt", runs["ar"], "--start", "x" * 40])
+    with pytest.raises(UserError, match="longer than the context"):
+        sample.main(["--ckpt", runs["diffusion"], "--start", "abc", "--gen_length=40"])
+    with pytest.raises(UserError, match="cannot read"):
+        sample.main(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
+    with pytest.raises(UserError, match="unknown option --top_q"):
+        sample.main(["--ckpt", runs["ar"], "--top_q=0.5"])

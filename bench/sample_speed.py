@@ -1,0 +1,78 @@
+"""
+Decoding speed on this device: AR tokens/s with and without the KV cache, and diffusion tokens/s at several step
+counts. A model with random weights of the given shape (speed does not depend on what it learned).
+
+    python bench/sample_speed.py                       # 4 layers x 128, context 1024, 512 new tokens
+    python bench/sample_speed.py --n_layer=12 --n_head=12 --n_embd=768 --device=cuda
+"""
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import ModelConfig, Transformer  # noqa: E402
+from prepare_data import UserError  # noqa: E402
+from sample import ar_generate, diffusion_generate  # noqa: E402
+from trainer import parse_args, pick_device  # noqa: E402
+
+
+@dataclass
+class SpeedConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 1024
+    n_vocab: int = 256
+    new_tokens: int = 512
+    gen_length: int = 256  # diffusion
+    steps: str = "32,64,128,256"
+    device: str = "auto"
+
+
+def timed(fn):
+    fn()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main():
+    config = SpeedConfig()
+    parse_args(sys.argv[1:], config)
+    device = pick_device(config.device)
+    torch.manual_seed(0)
+    shape = dict(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
+                 n_embd=config.n_embd)
+    ar = Transformer(ModelConfig(causal=True, **shape)).to(device).eval()
+    diffusion = Transformer(ModelConfig(causal=False, **shape)).to(device).eval()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name} | {config.n_layer} layers x {config.n_embd}, context {config.block_size}, batch 1")
+    print(f"{'decoder':<34} {'tokens/s':>10} {'seconds':>8}")
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+    results = {}
+    for use_cache in (True, False):
+        dt = timed(lambda: ar_generate(ar, prompt, config.new_tokens, temperature=0, use_cache=use_cache))
+        results[use_cache] = config.new_tokens / dt
+        label = f"AR, {config.new_tokens} tokens, {'KV cache' if use_cache else 'no cache'}"
+        print(f"{label:<34} {results[use_cache]:>10,.0f} {dt:>8.2f}")
+    print(f"{'KV cache speed-up':<34} {results[True] / results[False]:>9.1f}x")
+    x = torch.full((1, 1 + config.gen_length), diffusion.config.mask_id, device=device)
+    x[0, 0] = 0
+    for steps in [int(s) for s in config.steps.split(",")]:
+        dt = timed(lambda: diffusion_generate(diffusion, x, 1, steps))
+        label = f"diffusion, {config.gen_length} tokens, {steps} steps"
+        print(f"{label:<34} {config.gen_length / dt:>10,.0f} {dt:>8.2f}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,89 @@
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, tiny_args
+from trainer import TrainConfig, load_checkpoint
+
+
+def read_log(folder):
+    with open(os.path.join(folder, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_gloo_processes_equal_one_process_with_twice_the_batch(data_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8."""
+    common = [a for a in tiny_args(data_dir, "", "--max_iters=12", "--eval_interval=6", "--grad_accum=2",
+                                   "--elbo_samples=4") if not a.startswith(("--out_dir", "--batch_size"))]
+    script = os.path.join(ROOT, "train_diffusion.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    subprocess.run([sys.executable, script, *common, "--batch_size=8", f"--out_dir={one}"], check=True, env=env,
+                   capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             script, *common, "--batch_size=4", f"--out_dir={two}"], env=env, capture_output=True,
+                            text=True, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(two)) == sorted(os.listdir(one)) == ["best.pt", "ckpt.pt", "log.jsonl"]
+    a, b = read_log(one), read_log(two)
+    assert [r["iter"] for r in a] == [r["iter"] for r in b] == [0, 6, 12]
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(ra["val_loss"] - rb["val_loss"]) < 1e-4
+        if ra["train_loss"] is not None:
+            assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-4
+    wa, wb = load_checkpoint(one + "/ckpt.pt")["model"], load_checkpoint(two + "/ckpt.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3)
+    # only rank 0 printed the progress
+    assert result.stdout.count("eval iter 12") == 1
+
+
+def notebook_commands():
+    with open(os.path.join(ROOT, "colab.ipynb")) as f:
+        nb = json.load(f)
+    source = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code").replace("\\\n", " ")
+    return [shlex.split(m) for m in re.findall(r"!python (.+)", source)]
+
+
+def option_names(script):
+    """The --options a script accepts, from its config dataclass or argparse parser."""
+    import dataclasses
+    import prepare_data
+    import sample
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import sweep
+    if script == "prepare_data.py":
+        return {a.dest for a in prepare_data.build_parser()._actions}
+    config = {"train_ar.py": TrainConfig, "train_diffusion.py": TrainConfig, "sample.py": sample.SampleConfig,
+              "experiments/sweep.py": sweep.SweepConfig}[script]
+    return {f.name for f in dataclasses.fields(config)}
+
+
+def test_colab_notebook_passes_only_existing_flags():
+    commands = notebook_commands()
+    assert {c[0] for c in commands} >= {"prepare_data.py", "experiments/sweep.py", "sample.py"}
+    checked = 0
+    for cmd in commands:
+        script, args = cmd[0], cmd[1:]
+        assert os.path.isfile(os.path.join(ROOT, script)), script
+        groups = [(script, args)]
+        if "--" in args:  # sweep: options after -- go to the training scripts
+            cut = args.index("--")
+            groups = [(script, args[:cut]), ("train_ar.py", args[cut + 1:])]
+        for target, opts in groups:
+            names = option_names(target)
+            for opt in opts:
+                if opt.startswith("--"):
+                    key = opt[2:].split("=")[0]
+                    assert key in names, f"{target} has no option --{key} (colab.ipynb)"
+                    checked += 1
+    assert checked > 10
+    # the notebook keeps no outputs
+    with open(os.path.join(ROOT, "colab.ipynb")) as f:
+        assert all(not c.get("outputs") for c in json.load(f)["cells"])
