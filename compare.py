@@ -11,8 +11,9 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 
-from prepare_data import UserError
+from cli import UserError, parse_args, run_cli
 
 COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
           "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
@@ -92,22 +93,26 @@ def plot(rows, path, logx=False):
     return True
 
 
+@dataclass
+class CompareConfig:
+    plot: str = "compare.png"  # where the PNG goes
+    logx: bool = False  # epochs on a log axis
+    no_plot: bool = False  # the table only
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    folders = [a for a in argv if not a.startswith("--")]
-    options = dict(a[2:].partition("=")[::2] for a in argv if a.startswith("--"))
-    unknown = set(options) - {"plot", "logx", "no_plot"}
-    if unknown:
-        raise UserError(f"unknown option --{sorted(unknown)[0]}: compare.py takes run folders, --plot=PATH, "
-                        f"--logx, --no_plot")
+    folders = [a for a in argv if not a.startswith("-")]
+    options = CompareConfig()
+    parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)
     if not folders:
         raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=compare.png] [--logx]")
     rows = [summarize(folder) for folder in folders]
     print(format_table(rows))
-    if "no_plot" in options:
+    if options.no_plot:
         return rows
-    path = options.get("plot") or "compare.png"
-    if plot(rows, path, logx="logx" in options):
+    path = options.plot
+    if plot(rows, path, logx=options.logx):
         print(f"plot: {path}")
     else:
         print("no plot: matplotlib is not installed (pip install matplotlib)")
@@ -115,7 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

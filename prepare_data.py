@@ -9,7 +9,6 @@ Turn text into token files: data/<name>/train.bin, val.bin (numpy uint16) and me
 The default corpus is CPython's own documentation text (pydoc_data.topics, ~0.47 MB of English), so the
 project runs with no network at all.
 """
-import argparse
 import gzip
 import hashlib
 import json
@@ -17,13 +16,26 @@ import os
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import tiktoken
 
+from cli import UserError, parse_args, run_cli
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, no traceback."""
+
+@dataclass
+class PrepareConfig:
+    tokenizer: str = "bytes"  # bytes | gpt2
+    dataset: str = "default"  # default (embedded, offline) | shakespeare | tinystories | c4
+    input: str = ""  # a UTF-8 text file to use instead of --dataset
+    name: str = ""  # folder under data_dir (default: the dataset or input file name, + _gpt2 for gpt2)
+    data_dir: str = "data"
+    val_fraction: float = 0.1  # held-out tail when a source has no val split
+    max_train_tokens: int = 0  # keep only the first N train tokens (0: all)
+    max_download_mb: float = 100.0  # cap on each downloaded file
+    cache_dir: str = os.path.join("data", "_downloads")
+    base_url: str = ""  # fetch the dataset's files from this server instead (a mirror)
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -163,23 +175,13 @@ def split_tail(text, val_fraction):
     return text[:cut], text[cut:]
 
 
-def build_parser():
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", default="bytes", choices=["bytes", "gpt2"])
-    p.add_argument("--dataset", default="default", choices=["default"] + sorted(DATASETS))
-    p.add_argument("--input", help="a UTF-8 text file to use instead of --dataset")
-    p.add_argument("--name", help="folder under --data_dir (default: dataset or input file name, + _gpt2)")
-    p.add_argument("--data_dir", default="data")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="held-out tail when a source has no val split")
-    p.add_argument("--max_train_tokens", type=int, default=0, help="keep only the first N train tokens (0: all)")
-    p.add_argument("--max_download_mb", type=float, default=100.0, help="cap on each downloaded file")
-    p.add_argument("--cache_dir", default=os.path.join("data", "_downloads"))
-    p.add_argument("--base_url", help="fetch the dataset's files from this server instead (a mirror)")
-    return p
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = PrepareConfig()
+    parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
+    if args.tokenizer not in ("bytes", "gpt2"):
+        raise UserError(f"--tokenizer {args.tokenizer}: choose bytes or gpt2")
+    if args.dataset not in ["default", *DATASETS]:
+        raise UserError(f"--dataset {args.dataset}: choose default, {', '.join(DATASETS)}, or use --input FILE")
     if not 0 < args.val_fraction < 1:
         raise UserError("--val_fraction must be between 0 and 1")
 
@@ -202,8 +204,8 @@ def main(argv=None):
                 continue
             if args.base_url:
                 url = args.base_url.rstrip("/") + "/" + url.rsplit("/", 1)[1]
-            dest = os.path.join(args.cache_dir, f"{args.dataset}-{args.max_download_mb:g}MB-" + url.rsplit("/", 1)[1])
-            files.append(download(url, dest, max_bytes))
+            name = f"{args.dataset}-{args.max_download_mb:g}MB-" + url.rsplit("/", 1)[1]
+            files.append(download(url, os.path.join(args.cache_dir, name), max_bytes))
         texts = [read_text(path, fmt) for path in files]
         if len(texts) == 1:
             train_text, val_text = split_tail(texts[0], args.val_fraction)
@@ -221,7 +223,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from model import KVCache
-from prepare_data import UserError, get_tokenizer
-from trainer import load_checkpoint, model_from_checkpoint, parse_args, pick_device, usage
+from cli import UserError, parse_args, run_cli
+from prepare_data import get_tokenizer
+from trainer import load_checkpoint, model_from_checkpoint, pick_device
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 
@@ -195,11 +196,7 @@ def read_prompt(start):
 
 def main(argv=None):
     config = SampleConfig()
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(__doc__ + "\n" + usage(config))
-        return
-    parse_args(argv, config)
+    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
@@ -250,7 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -44,10 +44,10 @@ def validation_loss(model, windows, window_ids, config, mask_id):
     x, t, masked = torch.cat(rows_x), torch.cat(rows_t).to(windows.device), torch.cat(rows_mask).to(windows.device)
     nats = 0.0
     for i in range(0, len(x), config.eval_batch_size):
-        xb, tb, mb = x[i:i + config.eval_batch_size], t[i:i + config.eval_batch_size], masked[i:i + config.eval_batch_size]
-        logits = model(torch.where(mb, mask_id, xb))
-        nll = F.cross_entropy(logits.flatten(0, 1), xb.flatten(), reduction="none").view_as(xb)
-        nats += (nll * mb / tb[:, None]).sum().item()
+        part = slice(i, i + config.eval_batch_size)
+        logits = model(torch.where(masked[part], mask_id, x[part]))
+        nll = F.cross_entropy(logits.flatten(0, 1), x[part].flatten(), reduction="none").view_as(x[part])
+        nats += (nll * masked[part] / t[part, None]).sum().item()
     return nats / K, windows.shape[0] * T
 
 

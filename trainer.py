@@ -5,20 +5,19 @@ A training script passes in only its kind, its attention (causal or not) and its
 """
 import contextlib
 import dataclasses
-import difflib
 import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from model import ModelConfig, Transformer
-from prepare_data import UserError
+from cli import UserError, parse_args, run_cli
 
 
 @dataclass
@@ -48,6 +47,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     # evaluation
     eval_interval: int = 250  # iterations between evaluations (and one at the start and at the end)
+    eval_epochs: float = 0.0  # if > 0: evaluate every this many epochs instead of every eval_interval iterations
     eval_windows: int = 64  # validation windows evaluated (0: all); the same windows every time
     eval_batch_size: int = 64
     elbo_samples: int = 32  # K stratified t values per window for the diffusion ELBO
@@ -67,58 +67,6 @@ class TrainConfig:
 
 # fields a resumed run may change; everything else must match the checkpoint's config
 RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "compile", "log_interval"}
-
-
-# ----------------------------------------------------------------------------- command line
-
-def parse_value(field, text):
-    if field.type in (bool, "bool"):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UserError(f"--{field.name} expects true or false, got '{text}'")
-    kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
-    try:
-        return kind(text)
-    except ValueError:
-        raise UserError(f"--{field.name} expects {kind.__name__}, got '{text}'") from None
-
-
-def parse_args(argv, config):
-    """Apply `--key=value` / `--key value` (`--flag` alone sets a bool) to a dataclass config; returns the
-    set of keys given. Unknown keys and wrongly typed values are a UserError."""
-    by_name = {f.name: f for f in fields(config)}
-    given = set()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise UserError(f"unexpected argument '{arg}': options look like --key=value")
-        key, eq, value = arg[2:].partition("=")
-        if key not in by_name:
-            close = difflib.get_close_matches(key, by_name, n=1)
-            hint = f"; did you mean --{close[0]}?" if close else ""
-            raise UserError(f"unknown option --{key}{hint} (see --help)")
-        field = by_name[key]
-        if not eq:
-            is_bool = field.type in (bool, "bool")
-            if is_bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-                value = "true"
-            elif i + 1 < len(argv):
-                i += 1
-                value = argv[i]
-            else:
-                raise UserError(f"--{key} needs a value")
-        setattr(config, key, parse_value(field, value))
-        given.add(key)
-        i += 1
-    return given
-
-
-def usage(config):
-    lines = [f"  --{f.name}={getattr(config, f.name)!r}" for f in fields(config)]
-    return "options (default values):\n" + "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- data
@@ -329,7 +277,9 @@ def all_reduce_sum(values, world_size):
 
 def fmt_time(seconds):
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def check_output_folder(config, kind):
@@ -357,10 +307,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options."""
     argv = sys.argv[1:] if argv is None else argv
     config = TrainConfig()
-    if "-h" in argv or "--help" in argv:
-        print(usage(config))
-        return None
-    given = parse_args(argv, config)
+    given = parse_args(argv, config, doc=sys.modules["__main__"].__doc__)
     config.out_dir = config.out_dir or os.path.join("out", kind)
 
     ckpt = None
@@ -427,6 +374,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
     global_batch = micro_rows * config.grad_accum
     total_iters = config.max_iters or math.ceil(config.epochs * windows.n / global_batch)
+    eval_interval = max(round(config.eval_epochs * windows.n / global_batch), 1) if config.eval_epochs \
+        else config.eval_interval
 
     # --- model and optimizer
     model_config = ModelConfig(n_vocab=meta["n_vocab"], block_size=config.block_size, n_layer=config.n_layer,
@@ -493,7 +442,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
         it = state["iter"]
         epoch = state["windows_seen"] / windows.n
         evaluated = False
-        if (it % config.eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]:
+        if (it % eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]:
             val_loss = evaluate(raw_model, validation_loss, val, config, rank, world_size, device, autocast)
             train_loss = state["train_loss_sum"] / state["train_loss_count"] if state["train_loss_count"] else None
             state.update(train_loss_sum=0.0, train_loss_count=0, evaluated_iter=it)
@@ -579,8 +528,6 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
 def main(kind, causal, training_loss, validation_loss):
     """Entry point of a training script: a UserError becomes one line on stderr and exit status 1."""
     try:
-        run(kind, causal, training_loss, validation_loss)
-    except UserError as e:
-        sys.exit(f"error: {e}")
+        run_cli(lambda: run(kind, causal, training_loss, validation_loss))
     except KeyboardInterrupt:
         sys.exit("interrupted: the last checkpoint is kept; continue with --resume")

@@ -14,9 +14,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import ModelConfig, Transformer  # noqa: E402
-from prepare_data import UserError  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
-from trainer import parse_args, pick_device  # noqa: E402
+from cli import parse_args, run_cli  # noqa: E402
+from trainer import pick_device  # noqa: E402
 
 
 @dataclass
@@ -45,7 +45,7 @@ def timed(fn):
 
 def main():
     config = SpeedConfig()
-    parse_args(sys.argv[1:], config)
+    parse_args(sys.argv[1:], config, doc=__doc__)
     device = pick_device(config.device)
     torch.manual_seed(0)
     shape = dict(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
@@ -72,7 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

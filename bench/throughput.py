@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
-from prepare_data import UserError  # noqa: E402
-from trainer import TrainConfig, TrainingNoise, make_optimizer, parse_args, peak_flops, pick_device, pick_dtype  # noqa: E402
+from cli import parse_args, run_cli  # noqa: E402
+from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops, pick_device, pick_dtype  # noqa: E402
 
 
 @dataclass
@@ -78,7 +78,7 @@ def bench(kind, script, config, device, dtype):
 
 def main():
     config = BenchConfig()
-    parse_args(sys.argv[1:], config)
+    parse_args(sys.argv[1:], config, doc=__doc__)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     if device.type == "cuda":
@@ -96,7 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

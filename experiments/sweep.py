@@ -17,8 +17,7 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
-from prepare_data import UserError  # noqa: E402
-from trainer import parse_args  # noqa: E402
+from cli import UserError, parse_args, run_cli  # noqa: E402
 
 
 @dataclass
@@ -29,6 +28,7 @@ class SweepConfig:
     out: str = "out/sweep"
     jobs: int = 1
     threads: int = 0  # torch threads per run (0: cores / jobs)
+    evals: int = 20  # evaluations per run, evenly spaced in epochs
     plot: str = ""  # default: OUT/compare.png
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     config = SweepConfig()
-    parse_args(argv[:split], config)
+    parse_args(argv[:split], config, doc=__doc__)
     extra = argv[split + 1:]
     grid = [("ar", e) for e in config.ar_epochs.split(",") if e] + \
            [("diffusion", e) for e in config.diffusion_epochs.split(",") if e]
@@ -57,8 +57,10 @@ def main(argv=None):
             print(f"{folder}: finished, skipped")
             continue
         resume = ["--resume"] if os.path.exists(os.path.join(folder, "ckpt.pt")) else ["--overwrite"]
-        cmd = [sys.executable, os.path.join(ROOT, f"train_{kind}.py"), f"--unique_tokens={config.unique_tokens}",
-               f"--epochs={epochs}", f"--out_dir={folder}", *resume, *([] if resume == ["--resume"] else extra)]
+        cmd = [sys.executable, os.path.join(ROOT, f"train_{kind}.py"), f"--out_dir={folder}", *resume]
+        if resume != ["--resume"]:  # a resumed run keeps its saved config
+            cmd += [f"--unique_tokens={config.unique_tokens}", f"--epochs={epochs}",
+                    f"--eval_epochs={float(epochs) / config.evals:g}", *extra]
         pending.append((folder, cmd))
     running = []
     while pending or running:
@@ -85,7 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

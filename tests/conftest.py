@@ -21,13 +21,17 @@ def tiny_text(n_words=3000, seed=0):
     return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    """tmp data folder holding data/tiny prepared with byte tokens."""
+def make_tiny_data(folder):
+    """folder/data/tiny prepared with byte tokens; returns folder/data."""
     text = tiny_text()
     cut = int(len(text) * 0.9)
-    prepare(text[:cut], text[cut:], str(tmp_path / "data" / "tiny"), "bytes", "test")
-    return str(tmp_path / "data")
+    prepare(text[:cut], text[cut:], str(folder / "data" / "tiny"), "bytes", "test")
+    return str(folder / "data")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return make_tiny_data(tmp_path)
 
 
 def tiny_args(data_dir, out_dir, *extra):

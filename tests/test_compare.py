@@ -8,7 +8,7 @@ import pytest
 
 import compare
 from conftest import ROOT, TINY
-from prepare_data import UserError
+from cli import UserError
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import sweep  # noqa: E402
@@ -66,7 +66,7 @@ def test_folder_without_log_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no log.jsonl"):
         compare.main([str(tmp_path / "empty")])
-    with pytest.raises(UserError, match="unknown option --plto"):
+    with pytest.raises(UserError, match="unknown option --plto; did you mean --plot"):
         compare.main([str(tmp_path / "empty"), "--plto=x"])
 
 

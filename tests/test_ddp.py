@@ -47,7 +47,7 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_batch(data_dir, tmp
 def notebook_commands():
     with open(os.path.join(ROOT, "colab.ipynb")) as f:
         nb = json.load(f)
-    source = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code").replace("\\\n", " ")
+    source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code").replace("\\\n", " ")
     return [shlex.split(m) for m in re.findall(r"!python (.+)", source)]
 
 
@@ -58,9 +58,8 @@ def option_names(script):
     import sample
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sweep
-    if script == "prepare_data.py":
-        return {a.dest for a in prepare_data.build_parser()._actions}
-    config = {"train_ar.py": TrainConfig, "train_diffusion.py": TrainConfig, "sample.py": sample.SampleConfig,
+    config = {"prepare_data.py": prepare_data.PrepareConfig, "train_ar.py": TrainConfig,
+              "train_diffusion.py": TrainConfig, "sample.py": sample.SampleConfig,
               "experiments/sweep.py": sweep.SweepConfig}[script]
     return {f.name for f in dataclasses.fields(config)}
 

@@ -30,7 +30,8 @@ def test_diffusion_loss_against_direct_computation():
     model = tiny_model(False)
     B, T = 4, 12
     windows = torch.randint(0, 50, (B, T + 1))
-    noise = SimpleNamespace(row=torch.tensor([0.1, 0.4, 0.7, 0.95]), token=torch.rand(B, T, generator=torch.Generator().manual_seed(3)))
+    token = torch.rand(B, T, generator=torch.Generator().manual_seed(3))
+    noise = SimpleNamespace(row=torch.tensor([0.1, 0.4, 0.7, 0.95]), token=token)
     loss = train_diffusion.training_loss(model, windows, noise, 50)
     total = 0.0
     for b in range(B):
@@ -72,8 +73,8 @@ def test_validation_elbo_is_an_unbiased_estimate_of_the_training_loss():
     model = tiny_model(False)
     windows = torch.randint(0, 50, (1, 13))
     with torch.no_grad():
-        nats, count = train_diffusion.validation_loss(model, windows, torch.arange(1), val_config(elbo_samples=512,
-                                                                                                   eval_batch_size=512), 50)
+        config = val_config(elbo_samples=512, eval_batch_size=512)
+        nats, count = train_diffusion.validation_loss(model, windows, torch.arange(1), config, 50)
         gen = torch.Generator().manual_seed(0)
         losses = []
         for _ in range(64):

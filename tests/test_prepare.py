@@ -9,7 +9,8 @@ import pytest
 import tiktoken
 
 import prepare_data
-from prepare_data import UserError, get_tokenizer
+from cli import UserError
+from prepare_data import get_tokenizer
 
 
 def gpt2_available():

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 import sample
 from model import ModelConfig, Transformer
-from prepare_data import UserError, get_tokenizer
+from cli import UserError
+from prepare_data import get_tokenizer
 from sample import ar_generate, diffusion_generate, encode_prompt, num_transfer_tokens
 
 MASK = 100
@@ -154,13 +155,15 @@ def test_prompt_notation():
     assert sample.render(enc, [97, 256, 10, 98], 256) == "a" + sample.MASK_GLYPH + "\u23ceb"
 
 
-@pytest.fixture
-def runs(data_dir, tmp_path):
-    """A tiny AR and a tiny diffusion run on the tiny corpus."""
-    from conftest import tiny_args
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny AR and a tiny diffusion run on the tiny corpus, shared by the CLI tests."""
+    from conftest import make_tiny_data, tiny_args
     import train_ar
     import train_diffusion
     from trainer import run
+    tmp_path = tmp_path_factory.mktemp("runs")
+    data_dir = make_tiny_data(tmp_path)
     folders = {}
     for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
         folders[kind] = str(tmp_path / kind)

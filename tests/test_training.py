@@ -12,8 +12,8 @@ import torch
 import train_ar
 import train_diffusion
 from conftest import ROOT, tiny_args
-from prepare_data import UserError
-from trainer import TrainConfig, load_checkpoint, model_from_checkpoint, parse_args, run, atomic_save
+from cli import UserError, parse_args
+from trainer import TrainConfig, atomic_save, load_checkpoint, model_from_checkpoint, run
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
@@ -126,6 +126,13 @@ def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
         train("diffusion", data_dir, out, "--max_iters=10", "--resume")
     with pytest.raises(UserError, match="--lr"):
         train("ar", data_dir, out, "--max_iters=10", "--resume", "--lr=1")
+    # the data folder now holds another tokenizer's tokens than the checkpoint was trained on
+    meta_path = os.path.join(data_dir, "tiny", "meta.json")
+    meta = json.load(open(meta_path))
+    json.dump(dict(meta, n_vocab=50257, tokenizer="gpt2"), open(meta_path, "w"))
+    with pytest.raises(UserError, match="vocabulary of 256 tokens but .* uses gpt2"):
+        train("ar", data_dir, out, "--resume")
+    json.dump(meta, open(meta_path, "w"))
     assert open(out + "/ckpt.pt", "rb").read() == before  # nothing was damaged
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a checkpoint"):
