@@ -141,8 +141,18 @@ def write_split(tokens, path):
     return len(arr)
 
 
+def drop_repeated_paragraphs(val_text, train_text):
+    """val_text without the paragraphs that also occur verbatim in train_text (pydoc's topics repeat passages:
+    'compound' holds the text of 'while' and 'with'), so validation measures generalisation, not recall."""
+    seen = set(train_text.split("\n\n"))
+    paragraphs = val_text.split("\n\n")
+    kept = [p for p in paragraphs if p not in seen or not p.strip()]
+    return "\n\n".join(kept), len(paragraphs) - len(kept)
+
+
 def prepare(train_text, val_text, out_dir, tokenizer, source, max_train_tokens=0):
     """Tokenize and write train.bin, val.bin and meta.json; returns the meta dict."""
+    val_text, dropped = drop_repeated_paragraphs(val_text, train_text)
     enc = get_tokenizer(tokenizer)
     if enc.n_vocab + 1 > 65536:
         raise UserError(f"tokenizer {tokenizer} has {enc.n_vocab} tokens: too many for uint16 files")
@@ -162,6 +172,7 @@ def prepare(train_text, val_text, out_dir, tokenizer, source, max_train_tokens=0
         "val_tokens": write_split(val, os.path.join(out_dir, "val.bin")),
         "dtype": "uint16",
         "source": source,
+        "val_paragraphs_dropped_as_repeats_of_train": dropped,
         "sha256": hashlib.sha256((train_text + val_text).encode("utf-8")).hexdigest(),
     }
     with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:

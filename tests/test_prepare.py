@@ -30,7 +30,9 @@ def check_folder(folder, text_train, text_val, tokenizer):
     assert meta["mask_id"] == meta["n_vocab"] == enc.n_vocab
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
     assert train.max() < meta["n_vocab"]
-    assert enc.decode(train.tolist()) == text_train and enc.decode(val.tolist()) == text_val
+    assert enc.decode(train.tolist()) == text_train
+    if text_val is not None:
+        assert enc.decode(val.tolist()) == text_val
     return meta
 
 
@@ -46,8 +48,14 @@ def test_default_corpus_prepares_offline(tmp_path):
     out = prepare_data.main(["--data_dir", str(tmp_path)])
     text = prepare_data.default_corpus_text()
     cut = int(len(text) * 0.9)
-    meta = check_folder(out, text[:cut], text[cut:], "bytes")
+    meta = check_folder(out, text[:cut], None, "bytes")
     assert meta["train_tokens"] > 300_000 and "pydoc" in meta["source"]
+    # val keeps the tail's paragraphs, minus those repeated verbatim in train (pydoc's topics repeat passages)
+    val = get_tokenizer("bytes").decode(np.fromfile(os.path.join(out, "val.bin"), dtype=np.uint16).tolist())
+    val_paragraphs = [p for p in val.split("\n\n") if p.strip()]
+    assert set(val_paragraphs) <= set(text[cut:].split("\n\n"))
+    assert not set(val_paragraphs) & set(text[:cut].split("\n\n"))
+    assert meta["val_paragraphs_dropped_as_repeats_of_train"] > 0 and len(val) > 30_000
 
 
 def test_input_file_and_max_train_tokens(tmp_path):
