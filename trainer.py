@@ -318,7 +318,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["kind"] != kind:
             script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
-            raise UserError(f"{ckpt_path} holds a {ckpt['kind']} run: resume it with {script}")
+            raise UserError(f"{ckpt_path} holds {'an AR' if ckpt['kind'] == 'ar' else 'a diffusion'} run: "
+                            f"resume it with {script}")
         saved = TrainConfig(**ckpt["config"])
         changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
         if changed:

@@ -122,7 +122,7 @@ def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
     before = open(out + "/ckpt.pt", "rb").read()
     with pytest.raises(UserError, match="already holds a run"):
         train("ar", data_dir, out, "--max_iters=10")
-    with pytest.raises(UserError, match="holds a ar run: resume it with train_ar.py"):
+    with pytest.raises(UserError, match="holds an AR run: resume it with train_ar.py"):
         train("diffusion", data_dir, out, "--max_iters=10", "--resume")
     with pytest.raises(UserError, match="--lr"):
         train("ar", data_dir, out, "--max_iters=10", "--resume", "--lr=1")
