@@ -400,9 +400,15 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
 
     log_path = os.path.join(config.out_dir, "log.jsonl")
     if master and ckpt is not None and os.path.exists(log_path):
-        # drop evaluations logged after the checkpoint: the resumed run will write them again
+        # drop evaluations logged after the checkpoint (and a line torn by the kill): the resumed run rewrites them
+        kept = []
         with open(log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["iter"] <= state["iter"]]
+            for line in f:
+                try:
+                    if json.loads(line)["iter"] <= state["iter"]:
+                        kept.append(line)
+                except ValueError:
+                    break
         with open(log_path, "w") as f:
             f.writelines(kept)
     elif master and ckpt is None:
@@ -452,7 +458,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
                 state.update(best_val=val_loss, best_iter=it)
             record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * config.block_size,
                       "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
-                      "best_val": state["best_val"], "kind": kind, "elbo_samples": config.elbo_samples,
+                      "best_val": state["best_val"], "kind": kind,
+                      "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
                       "unique_tokens": unique_tokens, "n_params": n_params, "done": it == total_iters,
                       "elapsed_s": round(time.time() - t_start + state["elapsed_before"], 1)}
             if bits_per_byte:
