@@ -102,7 +102,8 @@ class CompareConfig:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    folders = [a for a in argv if not a.startswith("-")]
+    # plain files (a plot beside the runs, say `out/sweep/*`) are not runs: skip them
+    folders = [a for a in argv if not a.startswith("-") and not os.path.isfile(a)]
     options = CompareConfig()
     parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)
     if not folders:

@@ -11,6 +11,7 @@ from conftest import ROOT, TINY
 from cli import UserError
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import elbo_spread  # noqa: E402
 import sweep  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def test_folder_without_log_is_a_clear_error(tmp_path):
         compare.main([str(tmp_path / "empty"), "--plto=x"])
 
 
-def test_sweep_runs_both_kinds_and_reports(data_dir, tmp_path, capsys):
+def test_sweep_runs_both_kinds_and_reports(data_dir, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "sweep")
     args = ["--unique_tokens=2000", "--ar_epochs=1,2", "--diffusion_epochs=2", f"--out={out}", "--jobs=2", "--",
             *TINY, f"--data_dir={data_dir}", "--dataset=tiny", "--eval_interval=5", "--elbo_samples=4"]
@@ -84,3 +85,13 @@ def test_sweep_runs_both_kinds_and_reports(data_dir, tmp_path, capsys):
     # a second call finds every run finished and trains nothing
     sweep.main(args)
     assert text.count("running:") == 3 and capsys.readouterr().out.count("finished, skipped") == 3
+
+    # the spread of the diffusion ELBO over mask seeds: K = 4 (the run's own) is noisier than K = 64
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["elbo_spread.py", f"--ckpt={out}/diffusion_e2", "--seeds=4", "--ks=4,64"])
+    elbo_spread.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("K =")]
+    spreads = [float(line.split("+-")[1].split()[0]) for line in lines]
+    means = [float(line.split("ELBO")[1].split()[0]) for line in lines]
+    assert len(lines) == 2 and spreads[0] > spreads[1] > 0
+    assert abs(means[1] - rows[2]["final_val"]) < 0.1 * rows[2]["final_val"]

@@ -1,0 +1,58 @@
+"""
+How much does the diffusion validation ELBO move with the random masks? Evaluates one checkpoint on its run's
+validation windows with several mask seeds and K values and prints the mean and spread, to set a margin
+between two runs against the noise of the estimate.
+
+    python experiments/elbo_spread.py --ckpt=out/cpu_recipe/diffusion_e300 --seeds=5 --ks=32,128
+"""
+import os
+import statistics
+import sys
+from dataclasses import dataclass, replace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+
+import train_diffusion  # noqa: E402
+from cli import UserError, parse_args, run_cli  # noqa: E402
+from trainer import (TrainConfig, load_checkpoint, load_meta, load_tokens, model_from_checkpoint,  # noqa: E402
+                     pick_device, val_windows)
+
+
+@dataclass
+class SpreadConfig:
+    ckpt: str = "out/diffusion"
+    seeds: int = 5  # mask seeds per K
+    ks: str = "32,128"  # K values (stratified t per window)
+    device: str = "auto"
+
+
+def main():
+    config = SpreadConfig()
+    parse_args(sys.argv[1:], config, doc=__doc__)
+    ckpt = load_checkpoint(config.ckpt)
+    if ckpt["kind"] != "diffusion":
+        raise UserError(f"{config.ckpt} is an AR checkpoint: its validation NLL is exact, with no spread")
+    train_config = TrainConfig(**ckpt["config"])
+    data_dir = os.path.join(train_config.data_dir, train_config.dataset)
+    meta = load_meta(data_dir)
+    windows = val_windows(load_tokens(data_dir, "val", meta), train_config.block_size, train_config.eval_windows)
+    device = pick_device(config.device)
+    model = model_from_checkpoint(ckpt, device)
+    print(f"{config.ckpt}: iter {ckpt['iter']}, epoch {ckpt['epoch']:.1f}, {len(windows)} val windows")
+    for k in [int(k) for k in config.ks.split(",")]:
+        values = []
+        for seed in range(config.seeds):
+            run_config = replace(train_config, elbo_samples=k, eval_seed=1234 + seed)
+            with torch.no_grad():
+                nats, count = train_diffusion.validation_loss(model, windows.to(device), torch.arange(len(windows)),
+                                                              run_config, model.config.mask_id)
+            values.append(nats / count)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"K = {k:4d}: ELBO {statistics.mean(values):.4f} +- {spread:.4f} nats/token (std over {len(values)} "
+              f"mask seeds; min {min(values):.4f}, max {max(values):.4f})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
