@@ -474,7 +474,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
             if is_best:
                 save(os.path.join(config.out_dir, "best.pt"), best_only=True)
             evaluated = True
-            t_log = time.time()  # tokens/s counts training time only
+            t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
         if it > start_iter and (evaluated if not config.ckpt_interval else it % config.ckpt_interval == 0 or
                                 it == total_iters):
             save(os.path.join(config.out_dir, "ckpt.pt"))
