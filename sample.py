@@ -64,7 +64,7 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ar_generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, generator=None,
                 use_cache=True, on_token=None):
     """Extend idx (B, T) by max_new_tokens tokens. With the cache, the prompt is prefilled once and each step
@@ -102,7 +102,7 @@ def num_transfer_tokens(masked, steps):
     return schedule
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def diffusion_generate(model, x, prompt_length, steps, block_length=0, temperature=0.0,
                        remasking="low_confidence", generator=None, on_step=None):
     """Fill every [MASK] of x (B, L): positions >= prompt_length are generated in blocks of block_length, left to
