@@ -38,9 +38,10 @@ class SampleConfig:
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (1.0: all)
     no_cache: bool = False  # recompute the whole context every token (slow; for checking the cache)
     # diffusion
-    gen_length: int = 0  # tokens to generate after the prompt (0: the rest of the context)
+    gen_length: int = -1  # tokens after the prompt (-1: the rest of the context in whole blocks; 0: only infill)
     steps: int = 0  # denoising steps (0: gen_length, one token per step)
-    block_length: int = 0  # semi-autoregressive block size (0: one block)
+    block_length: int = 8  # semi-autoregressive block size (0: one block); small blocks keep byte models from
+    # committing runs of spaces first, their most confident guess
     remasking: str = "low_confidence"  # low_confidence | random
     show: bool = False  # print the denoising trajectory, one line per step
 
@@ -228,11 +229,16 @@ def main(argv=None):
             print("-" * 60)
         return
 
-    gen_length = config.gen_length or model.config.block_size - len(prompt)
+    gen_length = config.gen_length
+    if gen_length < 0:  # the rest of the context, in whole blocks
+        gen_length = model.config.block_size - len(prompt)
+        gen_length -= gen_length % config.block_length if config.block_length else 0
     if len(prompt) + gen_length > model.config.block_size:
         raise UserError(f"prompt ({len(prompt)}) + --gen_length ({gen_length}) is longer than the context "
                         f"({model.config.block_size}): shorten one")
     steps = config.steps or gen_length or prompt.count(mask_id)
+    if gen_length == 0 and mask_id not in prompt:
+        raise UserError("--gen_length=0 only fills [MASK]s in the prompt, and the prompt has none")
     x = torch.tensor([prompt + [mask_id] * gen_length] * config.num_samples, device=device)
 
     def show(x, step):
