@@ -290,6 +290,9 @@ def check_output_folder(config, kind):
     if (os.path.exists(ckpt_path) or os.path.exists(log_path)) and not config.overwrite:
         raise UserError(f"{config.out_dir} already holds a run: continue it with --resume, start over with "
                         f"--overwrite, or choose another --out_dir")
+    for name in ("ckpt.pt", "best.pt"):  # --overwrite: a kill before the first save must not resume the old run
+        if os.path.exists(os.path.join(config.out_dir, name)):
+            os.remove(os.path.join(config.out_dir, name))
 
 
 def evaluate(model, validation_loss, windows, config, rank, world_size, device, autocast):

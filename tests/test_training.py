@@ -60,7 +60,7 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
     torch.testing.assert_close(model(idx), latest(idx), rtol=0, atol=0)  # best is the last here
 
 
-def test_epochs_are_exact_every_window_once_per_epoch(data_dir):
+def test_epochs_are_exact_every_window_once_per_epoch():
     from trainer import Windows
     tokens = np.arange(1000, dtype=np.uint16)
     w = Windows(tokens, 32, seed=1)
@@ -134,6 +134,9 @@ def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
         train("ar", data_dir, out, "--resume")
     json.dump(meta, open(meta_path, "w"))
     assert open(out + "/ckpt.pt", "rb").read() == before  # nothing was damaged
+    # --overwrite starts afresh: the old run's checkpoints go before the new run's first save
+    train("ar", data_dir, out, "--max_iters=4", "--eval_interval=2", "--overwrite")
+    assert load_checkpoint(out + "/ckpt.pt")["iter"] == 4 and [r["iter"] for r in read_log(out)] == [0, 2, 4]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a checkpoint"):
         load_checkpoint(str(tmp_path / "junk.pt"))
