@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import compare
 from conftest import ROOT, TINY
@@ -95,3 +96,26 @@ def test_sweep_runs_both_kinds_and_reports(data_dir, tmp_path, capsys, monkeypat
     means = [float(line.split("ELBO")[1].split()[0]) for line in lines]
     assert len(lines) == 2 and spreads[0] > spreads[1] > 0
     assert abs(means[1] - rows[2]["final_val"]) < 0.1 * rows[2]["final_val"]
+
+
+def test_verdict_averages_seeds_and_picks_each_kinds_best_setting():
+    def row(run, kind, best, epoch):
+        return {"run": run, "kind": kind, "best_val": best, "best_epoch": epoch}
+    rows = [row("ar_e8_s1", "ar", 2.30, 6), row("ar_e8_s2", "ar", 2.40, 7),
+            row("ar_e16_s1", "ar", 2.50, 9), row("ar_e16_s2", "ar", 2.10, 11),  # mean 2.30 < 2.35: the best AR
+            row("diffusion_e100_s1", "diffusion", 2.60, 90), row("diffusion_e100_s2", "diffusion", 2.20, 100)]
+    setting_of = {r["run"]: (r["kind"], r["run"].split("_")[1][1:]) for r in rows}
+    text = sweep.verdict(rows, setting_of)
+    assert "best AR 2.3000 +- 0.2828 (std over 2 seeds) at epoch 10.0 of 16-epoch runs" in text
+    assert "best diffusion 2.4000 +- 0.2828" in text and text.endswith("AR lower by 0.1000 nats/token")
+    assert sweep.verdict(rows[:4], setting_of) == "one kind only: no verdict"
+
+
+def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "seeds")
+    rows = sweep.main(["--unique_tokens=2000", "--ar_epochs=1", "--diffusion_epochs=", "--seeds=1,2", f"--out={out}",
+                       "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny", "--eval_interval=5"])
+    assert [r["run"] for r in rows] == ["ar_e1_s1", "ar_e1_s2"]
+    configs = [torch.load(os.path.join(out, r["run"], "ckpt.pt"), weights_only=False)["config"] for r in rows]
+    assert [c["seed"] for c in configs] == [1, 2]
+    assert rows[0]["final_val"] != rows[1]["final_val"]  # a different seed is a different run
