@@ -26,7 +26,7 @@ class TrainConfig:
     dataset: str = "default"
     data_dir: str = "data"
     unique_tokens: int = 0  # U: train only on the first U train tokens, repeated (0: the whole split)
-    epochs: float = 4.0  # training tokens = epochs x U; the schedule spans them all
+    epochs: float = 16.0  # training tokens = epochs x U; the schedule spans them all
     max_iters: int = 0  # if > 0, train this many iterations instead of `epochs`
     random_offsets: bool = False  # nanoGPT-style random windows (augments AR); default: exact epochs
     # model
