@@ -2,7 +2,7 @@
 # The data-constrained experiment on a 2-core CPU: AR and diffusion with the same small model (2 layers x 64,
 # 0.13M parameters), the same 50K unique bytes of the default corpus, exact epochs. AR at 16, 32 and 64 epochs,
 # diffusion at 200 and 400 (each run its own cosine schedule); then compare.py's table and plot
-# (out/cpu_recipe/compare.png). About 15 minutes on 2 cores.
+# (out/cpu_recipe/compare.png). About 17 minutes on 2 cores.
 # Usage: bash experiments/cpu_recipe.sh [extra training options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
