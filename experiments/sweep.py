@@ -52,7 +52,11 @@ def main(argv=None):
     extra = argv[split + 1:]
     grid = [("ar", e) for e in config.ar_epochs.split(",") if e] + \
            [("diffusion", e) for e in config.diffusion_epochs.split(",") if e]
-    seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else [None]
+    try:
+        seeds = [int(s) for s in config.seeds.split(",") if s.strip()] or [None]
+    except ValueError:
+        raise UserError(f"--seeds takes whole numbers separated by commas (e.g. --seeds=1337,2,3), "
+                        f"not {config.seeds!r}") from None
     threads = str(config.threads or max((os.cpu_count() or 1) // config.jobs, 1))
     pending, folders, setting_of = [], [], {}
     for (kind, epochs), seed in [(g, s) for g in grid for s in seeds]:

@@ -119,3 +119,5 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
     configs = [torch.load(os.path.join(out, r["run"], "ckpt.pt"), weights_only=False)["config"] for r in rows]
     assert [c["seed"] for c in configs] == [1, 2]
     assert rows[0]["final_val"] != rows[1]["final_val"]  # a different seed is a different run
+    with pytest.raises(UserError, match="--seeds takes whole numbers"):
+        sweep.main(["--seeds=1,two", f"--out={out}"])
