@@ -2,65 +2,49 @@
 Turn text into token files: data/<name>/train.bin, val.bin (numpy uint16) and meta.json.
 
     python prepare_data.py                                  # embedded default corpus, byte tokens, offline
-    python prepare_data.py --tokenizer gpt2                 # same text, GPT-2 BPE (downloads its file once)
+    python prepare_data.py --tokenizer bpe --vocab_size 1024   # same text, a BPE trained here on the train split
+    python prepare_data.py --dataset python --tokenizer bpe --vocab_size 8192   # CPython's own source, offline
+    python prepare_data.py --tokenizer gpt2                 # GPT-2's BPE (downloads its file once)
     python prepare_data.py --dataset shakespeare            # downloads Tiny Shakespeare (also tinystories, c4)
     python prepare_data.py --input my.txt --name mine       # any text file
 
-The default corpus is CPython's own documentation text (pydoc_data.topics, ~0.47 MB of English), so the
-project runs with no network at all.
+Two corpora need no network: the default, CPython's own documentation text (pydoc_data.topics, ~0.47 MB of
+English), and `python`, the running interpreter's standard-library source (~12 MB; files are documents, split
+into train and val by whole files, each ending with an end-of-text token). A `bpe` tokenizer is trained on the
+train split only and saved beside the data (tokenizer.py).
 """
 import gzip
 import hashlib
 import json
 import os
+import platform
+import random
 import sys
+import sysconfig
 import time
 import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
-import tiktoken
 
 from cli import UserError, parse_args, run_cli
+from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
 
 
 @dataclass
 class PrepareConfig:
-    tokenizer: str = "bytes"  # bytes | gpt2
-    dataset: str = "default"  # default (embedded, offline) | shakespeare | tinystories | c4
+    tokenizer: str = "bytes"  # bytes | bpe (trained here, offline) | gpt2 (downloaded once)
+    vocab_size: int = 8192  # bpe only: tokens in the trained BPE (256 bytes + merges)
+    dataset: str = "default"  # default, python (both offline) | shakespeare | tinystories | c4
     input: str = ""  # a UTF-8 text file to use instead of --dataset
-    name: str = ""  # folder under data_dir (default: the dataset or input file name, + _gpt2 for gpt2)
+    name: str = ""  # folder under data_dir (default: the dataset or input file name, + _gpt2 / _bpe<vocab>)
     data_dir: str = "data"
-    val_fraction: float = 0.1  # held-out tail when a source has no val split
+    val_fraction: float = 0.1  # held-out share (the tail, or whole files for python) when a source has no val split
+    split_seed: int = 1234  # python: which files go to val
     max_train_tokens: int = 0  # keep only the first N train tokens (0: all)
     max_download_mb: float = 100.0  # cap on each downloaded file
     cache_dir: str = os.path.join("data", "_downloads")
     base_url: str = ""  # fetch the dataset's files from this server instead (a mirror)
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-def get_tokenizer(name):
-    """A tiktoken Encoding: 'bytes' (256 byte values, offline) or 'gpt2' (BPE, downloaded once and cached)."""
-    if name == "bytes":
-        return tiktoken.Encoding(
-            name="bytes",
-            pat_str=r"[\s\S]",  # no pre-splitting needed: every token is one byte
-            mergeable_ranks={bytes([i]): i for i in range(256)},
-            special_tokens={},
-        )
-    if name == "gpt2":
-        try:
-            return tiktoken.get_encoding("gpt2")
-        except Exception as e:
-            raise UserError(f"could not load the GPT-2 BPE file (tiktoken downloads it once and caches it): "
-                            f"{type(e).__name__}; offline, use --tokenizer bytes") from None
-    raise UserError(f"unknown tokenizer '{name}': choose bytes or gpt2")
-
-
-def decode_token(enc, token):
-    """The bytes of one token (for streaming and for drawing the diffusion trajectory)."""
-    return enc.decode_single_token_bytes(token)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -69,6 +53,39 @@ def default_corpus_text():
     """CPython's pydoc topics, in sorted key order so the text is the same on every run."""
     from pydoc_data.topics import topics
     return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+SKIPPED_FOLDERS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+
+
+def python_source_files(root=None):
+    """(path relative to root, text) of every .py file of the interpreter's standard library (`Lib/`), test
+    folders and site-packages excluded, in sorted order; identical files are kept once."""
+    root = root or sysconfig.get_paths()["stdlib"]
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in SKIPPED_FOLDERS)
+        for name in sorted(names):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(folder, name), "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+            if text.strip() and text not in seen:
+                seen.add(text)
+                files.append((os.path.relpath(os.path.join(folder, name), root), text))
+    if not files:
+        raise UserError(f"no Python source found under {root}")
+    return files
+
+
+def split_files(files, val_fraction, seed):
+    """Whole files to train and val: a seeded shuffle, the first val_fraction of the files to val."""
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(files) * val_fraction))
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [files[i] for i in train], [files[i] for i in val]
 
 
 # name -> (train url, val url or None, format); without a val url the last 10% of train is held out
@@ -150,31 +167,63 @@ def drop_repeated_paragraphs(val_text, train_text):
     return "\n\n".join(kept), len(paragraphs) - len(kept)
 
 
-def prepare(train_text, val_text, out_dir, tokenizer, source, max_train_tokens=0):
-    """Tokenize and write train.bin, val.bin and meta.json; returns the meta dict."""
-    val_text, dropped = drop_repeated_paragraphs(val_text, train_text)
-    enc = get_tokenizer(tokenizer)
+def build_tokenizer(tokenizer, train_docs, vocab_size, documents, out_dir):
+    """The Encoding for the data, and meta entries that describe it. A bpe is trained here, on the train
+    documents only, and its ranks are saved beside the data."""
+    meta, ranks_text = {"tokenizer": tokenizer}, None
+    if tokenizer == "bpe":
+        t0 = time.time()
+        ranks = train_bpe(train_docs, vocab_size)
+        os.makedirs(out_dir, exist_ok=True)
+        ranks_text = save_ranks(ranks, os.path.join(out_dir, RANKS_FILE))
+        meta.update(ranks_file=RANKS_FILE, ranks_sha256=hashlib.sha256(ranks_text.encode()).hexdigest(),
+                    bpe_vocab_size=len(ranks), bpe_train_seconds=round(time.time() - t0, 1))
+    enc = make_encoding(tokenizer, ranks_text)
+    if documents:
+        meta["eot_id"] = eot_id_for(tokenizer, enc.n_vocab)
+        enc = make_encoding(tokenizer, ranks_text, meta["eot_id"])
+    return enc, meta
+
+
+def tokenize(enc, docs, eot_id):
+    """The token ids of docs, concatenated; each document ends with eot_id when there is one."""
+    ids = []
+    for doc in enc.encode_ordinary_batch(docs):
+        ids += doc + ([eot_id] if eot_id is not None else [])
+    return ids
+
+
+def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0, vocab_size=8192,
+            documents=False, extra_meta=None):
+    """Tokenize and write train.bin, val.bin and meta.json; returns the meta dict. train_docs and val_docs are
+    strings or lists of documents; with documents=True every document ends with an end-of-text token."""
+    train_docs = [train_docs] if isinstance(train_docs, str) else list(train_docs)
+    val_docs = [val_docs] if isinstance(val_docs, str) else list(val_docs)
+    dropped = 0
+    if not documents:  # one running text: drop val paragraphs repeated from train
+        val_text, dropped = drop_repeated_paragraphs("".join(val_docs), "".join(train_docs))
+        val_docs = [val_text]
+    enc, meta = build_tokenizer(tokenizer, train_docs, vocab_size, documents, out_dir)
     if enc.n_vocab + 1 > 65536:
         raise UserError(f"tokenizer {tokenizer} has {enc.n_vocab} tokens: too many for uint16 files")
-    os.makedirs(out_dir, exist_ok=True)
-    train = enc.encode_ordinary(train_text)
-    val = enc.encode_ordinary(val_text)
+    train = tokenize(enc, train_docs, meta.get("eot_id"))
+    val = tokenize(enc, val_docs, meta.get("eot_id"))
     if max_train_tokens:
         train = train[:max_train_tokens]
     if not train or not val:
         raise UserError(f"the text gives {len(train)} train and {len(val)} val tokens: both splits need text")
-    meta = {
-        "tokenizer": tokenizer,
+    os.makedirs(out_dir, exist_ok=True)
+    meta.update({
         "n_vocab": enc.n_vocab,
         "mask_id": enc.n_vocab,  # one extra id after the tokenizer's tokens
-        "vocab_size_with_mask": enc.n_vocab + 1,
         "train_tokens": write_split(train, os.path.join(out_dir, "train.bin")),
         "val_tokens": write_split(val, os.path.join(out_dir, "val.bin")),
         "dtype": "uint16",
         "source": source,
         "val_paragraphs_dropped_as_repeats_of_train": dropped,
-        "sha256": hashlib.sha256((train_text + val_text).encode("utf-8")).hexdigest(),
-    }
+        "sha256": hashlib.sha256("".join(train_docs + val_docs).encode("utf-8")).hexdigest(),
+        **(extra_meta or {}),
+    })
     with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
         json.dump(meta, f, indent=2)
     os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
@@ -186,50 +235,79 @@ def split_tail(text, val_fraction):
     return text[:cut], text[cut:]
 
 
+def check_config(args):
+    if args.tokenizer not in ("bytes", "bpe", "gpt2"):
+        raise UserError(f"--tokenizer {args.tokenizer}: choose bytes, bpe or gpt2")
+    if args.dataset not in ["default", "python", *DATASETS]:
+        raise UserError(f"--dataset {args.dataset}: choose default, python, {', '.join(DATASETS)}, "
+                        f"or use --input FILE")
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
+    if not 256 <= args.vocab_size <= 65534:
+        raise UserError(f"--vocab_size {args.vocab_size}: a byte-level BPE needs 256 to 65534 tokens")
+    if args.max_train_tokens < 0:
+        raise UserError(f"--max_train_tokens {args.max_train_tokens}: must be 0 (all) or more")
+
+
+def read_python_corpus(args):
+    """Train and val documents of the standard-library source, and meta entries that say what they are."""
+    train_files, val_files = split_files(python_source_files(), args.val_fraction, args.split_seed)
+    extra = {"python_version": platform.python_version(), "train_files": len(train_files),
+             "val_files": len(val_files), "split_seed": args.split_seed}
+    return [t for _, t in train_files], [t for _, t in val_files], extra, [p for p, _ in val_files]
+
+
+def read_downloaded(args):
+    train_url, val_url, fmt = DATASETS[args.dataset]
+    max_bytes = int(args.max_download_mb * 1e6)
+    files = []
+    for url in (train_url, val_url):
+        if url is None:
+            continue
+        if args.base_url:
+            url = args.base_url.rstrip("/") + "/" + url.rsplit("/", 1)[1]
+        name = f"{args.dataset}-{args.max_download_mb:g}MB-" + url.rsplit("/", 1)[1]
+        files.append(download(url, os.path.join(args.cache_dir, name), max_bytes))
+    texts = [read_text(path, fmt) for path in files]
+    if len(texts) == 1:
+        return split_tail(texts[0], args.val_fraction)
+    return texts[0], texts[1][:max(len(texts[0]) // 10, 1)]  # a val split ~10% of train is plenty
+
+
 def main(argv=None):
     args = PrepareConfig()
     parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
-    if args.tokenizer not in ("bytes", "gpt2"):
-        raise UserError(f"--tokenizer {args.tokenizer}: choose bytes or gpt2")
-    if args.dataset not in ["default", *DATASETS]:
-        raise UserError(f"--dataset {args.dataset}: choose default, {', '.join(DATASETS)}, or use --input FILE")
-    if not 0 < args.val_fraction < 1:
-        raise UserError("--val_fraction must be between 0 and 1")
-
+    check_config(args)
+    documents, extra, val_names = False, {}, None
     if args.input:
         if not os.path.isfile(args.input):
             raise UserError(f"--input {args.input}: no such file")
         with open(args.input, "rb") as f:
             text = f.read().decode("utf-8", errors="replace")
-        train_text, val_text = split_tail(text, args.val_fraction)
+        train_docs, val_docs = split_tail(text, args.val_fraction)
         source, name = os.path.abspath(args.input), os.path.splitext(os.path.basename(args.input))[0]
     elif args.dataset == "default":
-        train_text, val_text = split_tail(default_corpus_text(), args.val_fraction)
+        train_docs, val_docs = split_tail(default_corpus_text(), args.val_fraction)
         source, name = "pydoc_data.topics (CPython documentation text)", "default"
+    elif args.dataset == "python":
+        train_docs, val_docs, extra, val_names = read_python_corpus(args)
+        source, name, documents = f"CPython {extra['python_version']} standard-library source (Lib/)", "python", True
     else:
-        train_url, val_url, fmt = DATASETS[args.dataset]
-        max_bytes = int(args.max_download_mb * 1e6)
-        files = []
-        for url in (train_url, val_url):
-            if url is None:
-                continue
-            if args.base_url:
-                url = args.base_url.rstrip("/") + "/" + url.rsplit("/", 1)[1]
-            name = f"{args.dataset}-{args.max_download_mb:g}MB-" + url.rsplit("/", 1)[1]
-            files.append(download(url, os.path.join(args.cache_dir, name), max_bytes))
-        texts = [read_text(path, fmt) for path in files]
-        if len(texts) == 1:
-            train_text, val_text = split_tail(texts[0], args.val_fraction)
-        else:
-            train_text, val_text = texts
-            val_text = val_text[:max(len(train_text) // 10, 1)]  # a val split ~10% of train is plenty
-        source, name = f"{args.dataset}: {train_url}", args.dataset
+        train_docs, val_docs = read_downloaded(args)
+        source, name = f"{args.dataset}: {DATASETS[args.dataset][0]}", args.dataset
 
-    name = args.name or (name if args.tokenizer == "bytes" else f"{name}_{args.tokenizer}")
-    out_dir = os.path.join(args.data_dir, name)
-    meta = prepare(train_text, val_text, out_dir, args.tokenizer, source, args.max_train_tokens)
+    suffix = {"bytes": "", "gpt2": "_gpt2", "bpe": f"_bpe{args.vocab_size}"}[args.tokenizer]
+    out_dir = os.path.join(args.data_dir, args.name or name + suffix)
+    t0 = time.time()
+    meta = prepare(train_docs, val_docs, out_dir, args.tokenizer, source, args.max_train_tokens,
+                   args.vocab_size, documents, extra)
+    if val_names is not None:  # which files are held out, for anyone who wants to check the split
+        with open(os.path.join(out_dir, "val_files.txt"), "w") as f:
+            f.write("\n".join(val_names) + "\n")
+    bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['mask_id']})")
+          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['mask_id']}{bpe}; "
+          f"{time.time() - t0:.1f}s)")
     return out_dir
 
 

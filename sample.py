@@ -18,7 +18,7 @@ import torch
 
 from model import KVCache
 from cli import UserError, parse_args, run_cli
-from prepare_data import get_tokenizer
+from tokenizer import tokenizer_from_meta
 from trainer import load_checkpoint, model_from_checkpoint, pick_device
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
@@ -201,7 +201,7 @@ def main(argv=None):
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
-    enc = get_tokenizer(ckpt["meta"]["tokenizer"])
+    enc = tokenizer_from_meta(ckpt["meta"])
     mask_id = model.config.mask_id
     prompt = encode_prompt(enc, read_prompt(config.start), mask_id)
     if not prompt and ckpt["kind"] == "ar":

@@ -18,6 +18,7 @@ import torch
 
 from model import ModelConfig, Transformer
 from cli import UserError, parse_args, run_cli
+from tokenizer import portable_meta
 
 
 @dataclass
@@ -28,6 +29,8 @@ class TrainConfig:
     unique_tokens: int = 0  # U: train only on the first U train tokens, repeated (0: the whole split)
     epochs: float = 16.0  # training tokens = epochs x U; the schedule spans them all
     max_iters: int = 0  # if > 0, train this many iterations instead of `epochs`
+    epoch_order: str = "fixed"  # fixed: the same windows every epoch, shuffled; documents: the papers' loader, a
+    # fresh seeded document order every epoch cut into windows (window boundaries move; needs data with documents)
     random_offsets: bool = False  # nanoGPT-style random windows (augments AR); default: exact epochs
     # model
     n_layer: int = 4
@@ -95,36 +98,51 @@ def load_tokens(data_dir, split, meta):
 
 
 class Windows:
-    """Fixed windows of block_size + 1 tokens over the first U tokens (window j starts at j * block_size, so
+    """Windows of block_size + 1 tokens over the first U tokens (window j of an epoch starts at j * block_size, so
     consecutive windows share one token: AR predicts every token but the first exactly once per epoch).
 
     Window slot g (a count over the whole run) is epoch g // n and position g % n of that epoch's seeded
-    shuffle, so an epoch visits every window once and any slot can be recomputed on resume.
+    shuffle, so an epoch visits every window once and any slot can be recomputed on resume. With
+    `document_ends` (the epoch order of the papers' loader) each epoch first lays the documents out in a fresh
+    seeded order, so the windows' boundaries move between epochs while every token is still seen once.
     """
 
-    def __init__(self, tokens, block_size, seed, random_offsets=False):
+    def __init__(self, tokens, block_size, seed, random_offsets=False, document_ends=None):
         self.tokens, self.block_size, self.seed = tokens, block_size, seed
         self.random_offsets = random_offsets
+        self.documents = None if document_ends is None else list(zip([0, *document_ends[:-1]], document_ends))
         self.n = (len(tokens) - 1) // block_size
-        self._epoch, self._starts = None, None
+        self._epoch, self._starts, self._epoch_tokens = None, None, tokens
 
-    def starts_for_epoch(self, epoch):
+    def epoch_layout(self, epoch):
+        """(token array, window starts in visiting order) of an epoch, computed once per epoch."""
         if self._epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
+            if self.documents is not None:
+                order = rng.permutation(len(self.documents))
+                self._epoch_tokens = np.concatenate([self.tokens[self.documents[i][0]:self.documents[i][1]]
+                                                     for i in order])
             if self.random_offsets:
                 self._starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.n)
             else:
                 self._starts = rng.permutation(self.n) * self.block_size
             self._epoch = epoch
-        return self._starts
+        return self._epoch_tokens, self._starts
 
     def get(self, slots):
         """Token windows for the given global slots, as an int64 tensor (len(slots), block_size + 1)."""
         rows = []
         for g in slots:
-            start = int(self.starts_for_epoch(int(g) // self.n)[int(g) % self.n])
-            rows.append(self.tokens[start:start + self.block_size + 1])
+            tokens, starts = self.epoch_layout(int(g) // self.n)
+            start = int(starts[int(g) % self.n])
+            rows.append(tokens[start:start + self.block_size + 1])
         return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def document_ends(tokens, eot_id):
+    """End positions (exclusive) of the documents in tokens: after each end-of-text id, and at the end."""
+    ends = (np.flatnonzero(np.asarray(tokens) == eot_id) + 1).tolist()
+    return ends if ends and ends[-1] == len(tokens) else ends + [len(tokens)]
 
 
 def val_windows(tokens, block_size, max_windows):
@@ -334,7 +352,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
 
     # --- data
     data_dir = os.path.join(config.data_dir, config.dataset)
-    meta = load_meta(data_dir)
+    meta = portable_meta(load_meta(data_dir), data_dir)  # checkpoints carry a BPE's ranks
     train_tokens = load_tokens(data_dir, "train", meta)
     val_tokens = load_tokens(data_dir, "val", meta)
     unique_tokens = config.unique_tokens or len(train_tokens)
@@ -347,6 +365,16 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     if len(val_tokens) < config.block_size + 1:
         raise UserError(f"--block_size {config.block_size} is larger than the {len(val_tokens):,} val tokens "
                         f"in {data_dir}: use a smaller block_size or more data")
+    if config.epoch_order not in ("fixed", "documents"):
+        raise UserError(f"--epoch_order {config.epoch_order}: choose fixed or documents")
+    if config.epoch_order == "documents" and meta.get("eot_id") is None:
+        raise UserError(f"--epoch_order=documents needs data with document boundaries, and {data_dir} has none: "
+                        f"prepare it with `python prepare_data.py --dataset python`")
+    if config.epoch_order == "documents" and config.random_offsets:
+        raise UserError("--random_offsets and --epoch_order=documents exclude each other: choose one")
+    if ckpt is not None and ckpt["meta"].get("ranks_sha256") != meta.get("ranks_sha256"):
+        raise UserError(f"the checkpoint's tokenizer differs from the one in {data_dir}: same data as the run, "
+                        f"please")
     if ckpt is not None and ckpt["model_args"]["n_vocab"] != meta["n_vocab"]:
         raise UserError(f"the checkpoint has a vocabulary of {ckpt['model_args']['n_vocab']} tokens but "
                         f"{data_dir} uses {meta['tokenizer']} ({meta['n_vocab']}): same data as the run, please")
@@ -373,7 +401,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    windows = Windows(train_tokens[:unique_tokens], config.block_size, config.seed, config.random_offsets)
+    ends = document_ends(train_tokens[:unique_tokens], meta["eot_id"]) if config.epoch_order == "documents" else None
+    windows = Windows(train_tokens[:unique_tokens], config.block_size, config.seed, config.random_offsets, ends)
     val = val_windows(val_tokens, config.block_size, config.eval_windows)
     micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
     global_batch = micro_rows * config.grad_accum
@@ -420,7 +449,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     n_params = raw_model.num_params()
     flops_per_iter = raw_model.flops_per_token() * global_batch * config.block_size
     peak = peak_flops(device)
-    bits_per_byte = meta["tokenizer"] == "bytes"
+    bits_per_byte = meta["tokenizer"] == "bytes" and meta.get("eot_id") is None  # a token is a byte
     if master:
         print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
               f"{world_size} process(es) | U = {unique_tokens:,} tokens = {windows.n:,} windows of "

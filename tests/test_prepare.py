@@ -10,7 +10,7 @@ import tiktoken
 
 import prepare_data
 from cli import UserError
-from prepare_data import get_tokenizer
+from tokenizer import make_encoding as get_tokenizer
 
 
 def gpt2_available():
@@ -82,7 +82,7 @@ def test_gpt2_unavailable_names_the_offline_choice(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(UserError, match="--tokenizer bytes"):
+    with pytest.raises(UserError, match="--tokenizer bpe or bytes"):
         get_tokenizer("gpt2")
 
 

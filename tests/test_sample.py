@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import sample
 from model import ModelConfig, Transformer
 from cli import UserError
-from prepare_data import get_tokenizer
+from tokenizer import make_encoding as get_tokenizer
 from sample import ar_generate, diffusion_generate, encode_prompt, num_transfer_tokens
 
 MASK = 100
