@@ -41,6 +41,7 @@ class PrepareConfig:
     data_dir: str = "data"
     val_fraction: float = 0.1  # held-out share (the tail, or whole files for python) when a source has no val split
     split_seed: int = 1234  # python: which files go to val
+    python_root: str = ""  # python: the Lib/ folder to read (default: the running interpreter's)
     max_train_tokens: int = 0  # keep only the first N train tokens (0: all)
     max_download_mb: float = 100.0  # cap on each downloaded file
     cache_dir: str = os.path.join("data", "_downloads")
@@ -62,6 +63,8 @@ def python_source_files(root=None):
     """(path relative to root, text) of every .py file of the interpreter's standard library (`Lib/`), test
     folders and site-packages excluded, in sorted order; identical files are kept once."""
     root = root or sysconfig.get_paths()["stdlib"]
+    if not os.path.isdir(root):
+        raise UserError(f"--python_root {root}: no such folder")
     files, seen = [], set()
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in SKIPPED_FOLDERS)
@@ -251,7 +254,8 @@ def check_config(args):
 
 def read_python_corpus(args):
     """Train and val documents of the standard-library source, and meta entries that say what they are."""
-    train_files, val_files = split_files(python_source_files(), args.val_fraction, args.split_seed)
+    train_files, val_files = split_files(python_source_files(args.python_root or None), args.val_fraction,
+                                         args.split_seed)
     extra = {"python_version": platform.python_version(), "train_files": len(train_files),
              "val_files": len(val_files), "split_seed": args.split_seed}
     return [t for _, t in train_files], [t for _, t in val_files], extra, [p for p, _ in val_files]

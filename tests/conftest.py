@@ -36,3 +36,16 @@ def data_dir(tmp_path):
 
 def tiny_args(data_dir, out_dir, *extra):
     return TINY + [f"--data_dir={data_dir}", "--dataset=tiny", f"--out_dir={out_dir}", *extra]
+
+
+def make_tiny_documents(folder, tokenizer="bytes", vocab_size=300):
+    """folder/data/docs: 60 short documents of the tiny corpus, each ending with an end-of-text token."""
+    docs = [tiny_text(n_words=40 + 7 * i, seed=i) for i in range(60)]
+    prepare(docs[:54], docs[54:], str(folder / "data" / "docs"), tokenizer, "test", vocab_size=vocab_size,
+            documents=True)
+    return str(folder / "data")
+
+
+@pytest.fixture
+def docs_data_dir(tmp_path):
+    return make_tiny_documents(tmp_path)

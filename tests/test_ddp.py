@@ -5,9 +5,10 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import ROOT, tiny_args
+from conftest import ROOT, make_tiny_documents, tiny_args
 from trainer import TrainConfig, load_checkpoint
 
 
@@ -16,10 +17,13 @@ def read_log(folder):
         return [json.loads(line) for line in f]
 
 
-def test_two_gloo_processes_equal_one_process_with_twice_the_batch(data_dir, tmp_path):
+@pytest.mark.parametrize("epoch_order", ["fixed", "documents"])
+def test_two_gloo_processes_equal_one_process_with_twice_the_batch(epoch_order, tmp_path):
     """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8."""
+    data_dir = make_tiny_documents(tmp_path)
     common = [a for a in tiny_args(data_dir, "", "--max_iters=12", "--eval_interval=6", "--grad_accum=2",
-                                   "--elbo_samples=4") if not a.startswith(("--out_dir", "--batch_size"))]
+                                   "--elbo_samples=4", "--dataset=docs", f"--epoch_order={epoch_order}")
+              if not a.startswith(("--out_dir", "--batch_size", "--dataset=tiny"))]
     script = os.path.join(ROOT, "train_diffusion.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
