@@ -43,7 +43,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_iters: int = 100
+    warmup_iters: int = 100  # at most 10% of the run
+    warmup_fraction: float = 0.0  # if > 0: warm up over this share of the run instead (paper 1: 1%)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -60,6 +61,7 @@ class TrainConfig:
     ckpt_interval: int = 0  # iterations between checkpoints (0: at every evaluation)
     log_interval: int = 25
     resume: bool = False
+    stop_after_s: float = 0.0  # if > 0: checkpoint and stop after this many seconds (continue with --resume)
     overwrite: bool = False  # allow replacing a different run in out_dir
     # system
     seed: int = 1337
@@ -69,7 +71,7 @@ class TrainConfig:
 
 
 # fields a resumed run may change; everything else must match the checkpoint's config
-RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "compile", "log_interval"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "compile", "log_interval", "stop_after_s"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -157,7 +159,8 @@ def val_windows(tokens, block_size, max_windows):
 
 def lr_at(it, config, total_iters):
     """Linear warmup, then cosine from lr to lr * min_lr_ratio over the rest of the run (paper 1's schedule)."""
-    warmup = min(config.warmup_iters, max(total_iters // 10, 1))
+    warmup = max(round(config.warmup_fraction * total_iters), 1) if config.warmup_fraction \
+        else min(config.warmup_iters, max(total_iters // 10, 1))
     if it < warmup:
         return config.lr * (it + 1) / warmup
     progress = min((it - warmup) / max(total_iters - warmup, 1), 1.0)
@@ -291,6 +294,15 @@ def all_reduce_sum(values, world_size):
     import torch.distributed as dist
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def out_of_time(t_start, limit_s, device, world_size):
+    """Whether rank 0 has run for limit_s seconds; every process gets rank 0's answer, so all stop together."""
+    late = torch.tensor([float(time.time() - t_start >= limit_s)], device=device)
+    if world_size > 1:
+        import torch.distributed as dist
+        dist.broadcast(late, src=0)
+    return bool(late.item())
 
 
 def fmt_time(seconds):
@@ -512,6 +524,12 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
             save(os.path.join(config.out_dir, "ckpt.pt"))
         if it >= total_iters:
             break
+        if config.stop_after_s and out_of_time(t_start, config.stop_after_s, device, world_size):
+            save(os.path.join(config.out_dir, "ckpt.pt"))
+            if master:
+                print(f"stopped after {fmt_time(time.time() - t_start)} at iteration {it} of {total_iters} "
+                      f"(--stop_after_s): continue with --resume")
+            break
 
         # one optimizer step: grad_accum micro-batches, gradients synced across processes only on the last
         lr = lr_at(it, config, total_iters)
@@ -556,7 +574,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
                   f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
             t_log, iters_since_log = time.time(), 0
 
-    if master:
+    if master and state["iter"] == total_iters:
         print(f"done: best val {state['best_val']:.4f} nats/token at iter {state['best_iter']} "
               f"({fmt_time(time.time() - t_start)}); checkpoints in {config.out_dir}")
     if world_size > 1:

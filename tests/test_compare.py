@@ -2,6 +2,7 @@ import builtins
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -121,3 +122,65 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
     assert rows[0]["final_val"] != rows[1]["final_val"]  # a different seed is a different run
     with pytest.raises(UserError, match="--seeds takes whole numbers"):
         sweep.main(["--seeds=1,two", f"--out={out}"])
+
+
+def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
+    """The GPU recipe end to end with tiny settings: the offline Python corpus, a BPE, both kinds at two sizes,
+    the plan before the runs, then the table and a verdict that names each kind's best size."""
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
+               AR_MODELS="1x32x2,2x32x2", DIFFUSION_MODELS="1x32x2", AR_EPOCHS="1", DIFFUSION_EPOCHS="3",
+               BUDGET="600", OMP_NUM_THREADS="1",
+               TRAIN="--block_size=32 --batch_size=8 --eval_windows=4 --elbo_samples=2 --device=cpu")
+    result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    runs = ["ar_1x32x2_e1", "ar_2x32x2_e1", "diffusion_1x32x2_e3"]
+    assert out.index("plan: 3 runs") < out.index("running:")
+    for run in runs:
+        log = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
+        assert log[-1]["done"] and log[-1]["unique_tokens"] == 3000 and log[-1]["kind"] == run.split("_")[0]
+        config = torch.load(tmp_path / "out" / run / "ckpt.pt", weights_only=False)["config"]
+        assert config["dataset"] == "python_bpe300" and config["lr"] == (1e-3 if run.startswith("ar") else 1.5e-3)
+        assert config["n_layer"] == int(run.split("_")[1][0]) and config["warmup_fraction"] == 0.0
+    best_ar = min((json.loads(line)["val_loss"] for run in runs[:4]
+                   for line in open(tmp_path / "out" / run / "log.jsonl")))
+    verdict = [line for line in out.splitlines() if line.startswith("best AR")]
+    assert len(verdict) == 1 and f"{best_ar:.4f}" in verdict[0] and "best diffusion (1x32x2)" in verdict[0]
+    assert "lower by" in verdict[0]
+    meta = json.load(open(tmp_path / "data" / "python_bpe300" / "meta.json"))
+    assert meta["tokenizer"] == "bpe" and meta["bpe_vocab_size"] == 300 and meta["eot_id"] == 300
+
+
+def test_sweep_time_budget_stops_and_the_same_command_finishes(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "budget")
+    args = ["--unique_tokens=2000", "--ar_epochs=12", "--diffusion_epochs=", f"--out={out}", "--time_budget_s=1",
+            "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny", "--eval_interval=20"]
+    assert sweep.main(args) is None
+    assert "time budget spent" in capsys.readouterr().out
+    stopped = torch.load(os.path.join(out, "ar_e12", "ckpt.pt"), weights_only=False)
+    total = math.ceil(12 * ((2000 - 1) // 32) / 8)
+    assert 0 < stopped["iter"] < total, (stopped["iter"], total)
+    rows = sweep.main(args[:4] + args[5:])  # no budget: it resumes and finishes
+    assert rows[0]["epochs"] == pytest.approx(total * 8 / ((2000 - 1) // 32))
+    log = compare.read_log(os.path.join(out, "ar_e12"))
+    iters = [r["iter"] for r in log]
+    assert iters == sorted(set(iters)) and iters[-1] == total and log[-1]["done"]
+
+
+def test_sweep_model_sizes_and_bad_values(data_dir, tmp_path, capsys):
+    assert sweep.model_options("6x384") == ["--n_layer=6", "--n_embd=384", "--n_head=6"]
+    assert sweep.model_options("2x64x2") == ["--n_layer=2", "--n_embd=64", "--n_head=2"]
+    for bad in ["6", "6x", "x384", "0x64", "6x384x2x1"]:
+        with pytest.raises(UserError, match="layers x width"):
+            sweep.model_options(bad)
+    with pytest.raises(UserError, match="--ar_epochs takes numbers"):
+        sweep.main(["--ar_epochs=8,lots", "--plan_only"])
+    sweep.main(["--unique_tokens=1000", "--ar_models=1x32x2,2x64x2", "--ar_epochs=2", "--diffusion_epochs=10",
+                "--plan_only", "--assumed_tflops=1", "--", f"--data_dir={data_dir}", "--dataset=tiny",
+                "--block_size=32"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["ar_1x32x2_e2", "ar_2x64x2_e2", "diffusion_e10"]
+    flops = [float(line.split()[4]) for line in lines[1:4]]
+    assert flops[1] > 2 * flops[0] and lines[-1].startswith("plan: 3 runs")
+    assert not os.path.exists(os.path.join("out", "sweep", "ar_1x32x2_e2"))  # a plan trains nothing
