@@ -70,7 +70,7 @@ def option_names(script):
 
 def test_colab_notebook_passes_only_existing_flags():
     commands = notebook_commands()
-    assert {c[0] for c in commands} >= {"prepare_data.py", "experiments/sweep.py", "sample.py"}
+    assert {c[0] for c in commands} >= {"prepare_data.py", "sample.py"}
     checked = 0
     for cmd in commands:
         script, args = cmd[0], cmd[1:]
@@ -90,3 +90,15 @@ def test_colab_notebook_passes_only_existing_flags():
     # the notebook keeps no outputs
     with open(os.path.join(ROOT, "colab.ipynb")) as f:
         assert all(not c.get("outputs") for c in json.load(f)["cells"])
+
+
+def test_colab_notebook_runs_the_gpu_recipe_with_settings_it_reads():
+    with open(os.path.join(ROOT, "colab.ipynb")) as f:
+        source = "\n".join("".join(c["source"]) for c in json.load(f)["cells"] if c["cell_type"] == "code")
+    assert "bash experiments/gpu_recipe.sh" in source and "--dataset python --tokenizer bpe" in source
+    with open(os.path.join(ROOT, "experiments", "gpu_recipe.sh")) as f:
+        recipe = f.read()
+    settings = re.findall(r"\b([A-Z_]+)=[^\s\"]+", source)
+    assert len(set(settings)) >= 5
+    for name in settings:
+        assert f"{name}=${{{name}:-" in recipe, f"gpu_recipe.sh has no setting {name} (colab.ipynb)"
