@@ -19,7 +19,7 @@ import torch
 from model import KVCache
 from cli import UserError, parse_args, run_cli
 from tokenizer import tokenizer_from_meta
-from trainer import load_checkpoint, model_from_checkpoint, pick_device
+from checkpoint import load_checkpoint, model_from_checkpoint, pick_device, pick_dtype
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 
@@ -73,7 +73,7 @@ def ar_generate(model, idx, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
     cache: the last block_size tokens), so generation can go on for any length."""
     block_size = model.config.block_size
     if idx.shape[1] > block_size:
-        raise UserError(f"the prompt has {idx.shape[1]} tokens but the context is {block_size}: shorten it")
+        raise ValueError(f"the prompt has {idx.shape[1]} tokens but the context is {block_size}: shorten it")
     cache, logits = None, None
     for n in range(max_new_tokens):
         if not use_cache:
@@ -116,13 +116,13 @@ def diffusion_generate(model, x, prompt_length, steps, block_length=0, temperatu
     gen_length = x.shape[1] - prompt_length
     block_length = block_length or gen_length or x.shape[1]
     if x.shape[1] > model.config.block_size:
-        raise UserError(f"prompt + generation is {x.shape[1]} tokens but the context is {model.config.block_size}: "
+        raise ValueError(f"prompt + generation is {x.shape[1]} tokens but the context is {model.config.block_size}: "
                         f"shorten the prompt or --gen_length")
     if gen_length % block_length:
-        raise UserError(f"--gen_length {gen_length} must be a multiple of --block_length {block_length}")
+        raise ValueError(f"--gen_length {gen_length} must be a multiple of --block_length {block_length}")
     num_blocks = max(gen_length // block_length, 1)
     if steps % num_blocks:
-        raise UserError(f"--steps {steps} must be a multiple of the number of blocks ({num_blocks})")
+        raise ValueError(f"--steps {steps} must be a multiple of the number of blocks ({num_blocks})")
     steps_per_block = steps // num_blocks
     x = x.clone()
     position = torch.arange(x.shape[1], device=x.device)
@@ -146,7 +146,7 @@ def diffusion_generate(model, x, prompt_length, steps, block_length=0, temperatu
             elif remasking == "random":
                 score = torch.rand(x.shape, dtype=torch.float64, generator=generator).to(x.device)
             else:
-                raise UserError(f"--remasking {remasking}: choose low_confidence or random")
+                raise ValueError(f"--remasking {remasking}: choose low_confidence or random")
             score = torch.where(masked & in_block, score, float("-inf"))
             commit = torch.zeros_like(masked)
             for row in range(x.shape[0]):  # each row commits its own number of tokens
@@ -196,8 +196,18 @@ def read_prompt(start):
 
 
 def main(argv=None):
+    """The command line: a bad value met inside the generators (their ValueError) is one line too."""
+    try:
+        generate_from_checkpoint(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def generate_from_checkpoint(argv):
     config = SampleConfig()
-    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
+    parse_args(argv, config, doc=__doc__)
+    if config.remasking not in ("low_confidence", "random"):
+        raise UserError(f"--remasking {config.remasking}: choose low_confidence or random")
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
@@ -209,7 +219,8 @@ def main(argv=None):
     if len(prompt) > model.config.block_size:
         raise UserError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: shorten it")
     generator = torch.Generator().manual_seed(config.seed)
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    dtype = pick_dtype("auto", device)  # the training scripts' choice: bf16 on recent GPUs, fp16 on older ones
+    autocast = torch.autocast(device.type, dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
 
     if ckpt["kind"] == "ar":
         if mask_id in prompt:

@@ -8,14 +8,15 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype
 from model import ModelConfig, Transformer
 from cli import UserError, parse_args, run_cli
 from tokenizer import portable_meta
@@ -177,7 +178,7 @@ def make_optimizer(model, config, device_type):
                              fused=device_type == "cuda")
 
 
-# ----------------------------------------------------------------------------- devices
+# ----------------------------------------------------------------------------- devices and processes
 
 # dense bf16 (fp16 on T4) tensor-core peak FLOP/s, for MFU; an unknown GPU gets no MFU rather than a wrong one
 PEAK_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
@@ -192,90 +193,6 @@ def peak_flops(device):
         if key in name:
             return flops
     return None
-
-
-def pick_device(name):
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(name, device):
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            name = "float32"
-    if name not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def atomic_save(obj, path):
-    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state():
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                   *np_state[2:]),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path):
-    """A checkpoint dict written by this project (ckpt.pt or best.pt), or a one-line UserError."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.pt") if os.path.isfile(os.path.join(path, "best.pt")) \
-            else os.path.join(path, "ckpt.pt")
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: train one first (python train_ar.py or train_diffusion.py)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("ar", "diffusion") or "model" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this project (no kind/model entries)")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt, device="cpu"):
-    model = Transformer(ModelConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
-
-
-# ----------------------------------------------------------------------------- the run
-
-class TrainingNoise:
-    """Uniform random numbers for one micro-batch: `row` (B,) stratified, (u + b / B) mod 1 as in MDLM, and
-    `token` (B, T), one per token. They are drawn for the whole global micro-batch from a generator seeded by
-    (seed, iteration, micro-step) and then sliced, so N processes see what one process with N times the batch
-    sees, and a resumed run sees what the uninterrupted run saw."""
-
-    def __init__(self, seed, it, micro, total_rows, rows, seq_len, device):
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, it, micro]).generate_state(1)[0]))
-        u = torch.rand(1, generator=gen)
-        self.row = ((u + torch.arange(total_rows) / total_rows) % 1.0)[rows].to(device)
-        self.token = torch.rand(total_rows, seq_len, generator=gen)[rows].to(device)
 
 
 def setup_distributed():
@@ -312,59 +229,113 @@ def fmt_time(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def check_output_folder(config, kind):
-    ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
-    log_path = os.path.join(config.out_dir, "log.jsonl")
-    if config.resume:
-        return
-    if (os.path.exists(ckpt_path) or os.path.exists(log_path)) and not config.overwrite:
-        raise UserError(f"{config.out_dir} already holds a run: continue it with --resume, start over with "
-                        f"--overwrite, or choose another --out_dir")
-    for name in ("ckpt.pt", "best.pt"):  # --overwrite: a kill before the first save must not resume the old run
-        if os.path.exists(os.path.join(config.out_dir, name)):
-            os.remove(os.path.join(config.out_dir, name))
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_state():
+    # torch's generators only: dropout draws from them; the data order and the diffusion noise come from
+    # generators seeded per epoch and per step, so they need no saved state
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def evaluate(model, validation_loss, windows, config, rank, world_size, device, autocast):
-    """Mean validation loss in nats/token over `windows`, each process taking every world_size-th window."""
-    model.eval()
-    ids = torch.arange(rank, len(windows), world_size)
-    with torch.no_grad(), autocast:
-        nats, count = validation_loss(model, windows[ids].to(device), ids, config, model.config.mask_id)
-    totals = all_reduce_sum(torch.tensor([float(nats), float(count)], dtype=torch.float64, device=device), world_size)
-    model.train()
-    return (totals[0] / totals[1]).item()
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run(kind, causal, training_loss, validation_loss, argv=None):
-    """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options."""
-    argv = sys.argv[1:] if argv is None else argv
+def save_checkpoint(job, path, best_only=False):
+    """The weights, config and data meta (best.pt); plus, for ckpt.pt, everything --resume needs to continue
+    exactly: optimizer, scaler, loop state and every process's RNG state. Rank 0 writes."""
+    ckpt = {"kind": job.kind, "model_args": job.raw_model.model_args(), "model": job.raw_model.state_dict(),
+            "config": dataclasses.asdict(job.config), "meta": job.meta, "iter": job.state["iter"],
+            "epoch": job.state["windows_seen"] / job.windows.n, "best_val": job.state["best_val"]}
+    if not best_only:
+        rngs = [rng_state()]
+        if job.world_size > 1:
+            import torch.distributed as dist
+            rngs = [None] * job.world_size
+            dist.all_gather_object(rngs, rng_state())
+        state = dict(job.state, elapsed_before=job.state["elapsed_before"] + time.time() - job.t_start)
+        ckpt.update(optimizer=job.optimizer.state_dict(), scaler=job.scaler.state_dict(), state=state, rng=rngs)
+    if job.master:
+        atomic_save(ckpt, path)
+
+
+# ----------------------------------------------------------------------------- the diffusion noise
+
+class TrainingNoise:
+    """Uniform random numbers for one micro-batch: `row` (B,) stratified, (u + b / B) mod 1 as in MDLM, and
+    `token` (B, T), one per token. They are drawn for the whole global micro-batch from a generator seeded by
+    (seed, iteration, micro-step) and then sliced, so N processes see what one process with N times the batch
+    sees, and a resumed run sees what the uninterrupted run saw. Drawn on first use: AR never asks."""
+
+    def __init__(self, seed, it, micro, total_rows, rows, seq_len, device):
+        self.key, self.total_rows, self.rows, self.seq_len, self.device = (seed, it, micro), total_rows, rows, \
+            seq_len, device
+        self._drawn = None
+
+    def _draw(self):
+        if self._drawn is None:
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence(list(self.key)).generate_state(1)[0]))
+            u = torch.rand(1, generator=gen)
+            row = ((u + torch.arange(self.total_rows) / self.total_rows) % 1.0)[self.rows].to(self.device)
+            token = torch.rand(self.total_rows, self.seq_len, generator=gen)[self.rows].to(self.device)
+            self._drawn = row, token
+        return self._drawn
+
+    @property
+    def row(self):
+        return self._draw()[0]
+
+    @property
+    def token(self):
+        return self._draw()[1]
+
+
+# ----------------------------------------------------------------------------- the run, step by step
+
+def configure(kind, argv):
+    """The run's config from the command line and, with --resume, the checkpoint to continue: the saved config
+    is kept, and only the options in RESUME_MAY_CHANGE may differ from it."""
     config = TrainConfig()
     given = parse_args(argv, config, doc=sys.modules["__main__"].__doc__)
     config.out_dir = config.out_dir or os.path.join("out", kind)
+    if not config.resume:
+        return config, None
+    ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
+    if not os.path.isfile(ckpt_path):
+        raise UserError(f"--resume: no checkpoint at {ckpt_path} to continue")
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt["kind"] != kind:
+        script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
+        raise UserError(f"{ckpt_path} holds {'an AR' if ckpt['kind'] == 'ar' else 'a diffusion'} run: "
+                        f"resume it with {script}")
+    saved = TrainConfig(**ckpt["config"])
+    changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        raise UserError(f"--resume continues the saved config; these options differ from it: "
+                        f"{', '.join('--' + k for k in sorted(changed))}")
+    for k in RESUME_MAY_CHANGE:
+        setattr(saved, k, getattr(config, k))
+    return saved, ckpt
 
-    ckpt = None
-    if config.resume:
-        ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
-        if not os.path.isfile(ckpt_path):
-            raise UserError(f"--resume: no checkpoint at {ckpt_path} to continue")
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["kind"] != kind:
-            script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
-            raise UserError(f"{ckpt_path} holds {'an AR' if ckpt['kind'] == 'ar' else 'a diffusion'} run: "
-                            f"resume it with {script}")
-        saved = TrainConfig(**ckpt["config"])
-        changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
-        if changed:
-            raise UserError(f"--resume continues the saved config; these options differ from it: "
-                            f"{', '.join('--' + k for k in sorted(changed))}")
-        for k in RESUME_MAY_CHANGE:
-            setattr(saved, k, getattr(config, k))
-        config = saved
 
-    # --- data
+def check_config(config):
+    if config.n_embd % config.n_head or (config.n_embd // config.n_head) % 2:
+        raise UserError(f"--n_embd {config.n_embd} / --n_head {config.n_head}: the head size must be a whole, even "
+                        f"number (RoPE rotates channel pairs)")
+    if config.epoch_order not in ("fixed", "documents"):
+        raise UserError(f"--epoch_order {config.epoch_order}: choose fixed or documents")
+    if config.epoch_order == "documents" and config.random_offsets:
+        raise UserError("--random_offsets and --epoch_order=documents exclude each other: choose one")
+
+
+def load_data(config, ckpt):
+    """meta (with a BPE's ranks, for the checkpoints), the training windows over the first U train tokens, and
+    the fixed validation windows; every size checked against the options and the checkpoint."""
     data_dir = os.path.join(config.data_dir, config.dataset)
-    meta = portable_meta(load_meta(data_dir), data_dir)  # checkpoints carry a BPE's ranks
+    meta = portable_meta(load_meta(data_dir), data_dir)
     train_tokens = load_tokens(data_dir, "train", meta)
     val_tokens = load_tokens(data_dir, "val", meta)
     unique_tokens = config.unique_tokens or len(train_tokens)
@@ -377,21 +348,22 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     if len(val_tokens) < config.block_size + 1:
         raise UserError(f"--block_size {config.block_size} is larger than the {len(val_tokens):,} val tokens "
                         f"in {data_dir}: use a smaller block_size or more data")
-    if config.epoch_order not in ("fixed", "documents"):
-        raise UserError(f"--epoch_order {config.epoch_order}: choose fixed or documents")
     if config.epoch_order == "documents" and meta.get("eot_id") is None:
         raise UserError(f"--epoch_order=documents needs data with document boundaries, and {data_dir} has none: "
                         f"prepare it with `python prepare_data.py --dataset python`")
-    if config.epoch_order == "documents" and config.random_offsets:
-        raise UserError("--random_offsets and --epoch_order=documents exclude each other: choose one")
-    if ckpt is not None and ckpt["meta"].get("ranks_sha256") != meta.get("ranks_sha256"):
-        raise UserError(f"the checkpoint's tokenizer differs from the one in {data_dir}: same data as the run, "
-                        f"please")
-    if ckpt is not None and ckpt["model_args"]["n_vocab"] != meta["n_vocab"]:
-        raise UserError(f"the checkpoint has a vocabulary of {ckpt['model_args']['n_vocab']} tokens but "
-                        f"{data_dir} uses {meta['tokenizer']} ({meta['n_vocab']}): same data as the run, please")
+    if ckpt is not None and (ckpt["meta"].get("ranks_sha256") != meta.get("ranks_sha256")
+                             or ckpt["model_args"]["n_vocab"] != meta["n_vocab"]):
+        raise UserError(f"the checkpoint's tokenizer ({ckpt['meta']['tokenizer']}, {ckpt['model_args']['n_vocab']} "
+                        f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): same data "
+                        f"as the run, please")
+    tokens = train_tokens[:unique_tokens]
+    ends = document_ends(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
+    windows = Windows(tokens, config.block_size, config.seed, config.random_offsets, ends)
+    return meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows)
 
-    # --- processes and devices
+
+def setup_processes(config):
+    """This process's place in a DDP job, its device, and the mixed-precision pieces: autocast and grad scaler."""
     rank, world_size, local_rank = setup_distributed()
     device = pick_device(config.device)
     if world_size > 1 and device.type == "cuda":
@@ -404,180 +376,202 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    master = rank == 0
-    if master:
-        check_output_folder(config, kind)
-        os.makedirs(config.out_dir, exist_ok=True)
+    return SimpleNamespace(rank=rank, world_size=world_size, local_rank=local_rank, master=rank == 0, device=device,
+                           dtype=dtype, autocast=autocast, scaler=scaler)
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
 
-    ends = document_ends(train_tokens[:unique_tokens], meta["eot_id"]) if config.epoch_order == "documents" else None
-    windows = Windows(train_tokens[:unique_tokens], config.block_size, config.seed, config.random_offsets, ends)
-    val = val_windows(val_tokens, config.block_size, config.eval_windows)
-    micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
+def claim_output_folder(config, ckpt):
+    """Refuse a folder that holds another run unless --overwrite; a resumed run keeps its log up to its
+    checkpoint (evaluations logged after it, and a line torn by the kill, are dropped: they are redone)."""
+    os.makedirs(config.out_dir, exist_ok=True)
+    log_path = os.path.join(config.out_dir, "log.jsonl")
+    if ckpt is not None:
+        kept = []
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["iter"] <= ckpt["state"]["iter"]:
+                            kept.append(line)
+                    except ValueError:
+                        break
+        with open(log_path, "w") as f:
+            f.writelines(kept)
+        return
+    if (os.path.exists(os.path.join(config.out_dir, "ckpt.pt")) or os.path.exists(log_path)) and not config.overwrite:
+        raise UserError(f"{config.out_dir} already holds a run: continue it with --resume, start over with "
+                        f"--overwrite, or choose another --out_dir")
+    for name in ("ckpt.pt", "best.pt"):  # --overwrite: a kill before the first save must not resume the old run
+        if os.path.exists(os.path.join(config.out_dir, name)):
+            os.remove(os.path.join(config.out_dir, name))
+    open(log_path, "w").close()
+
+
+def build_model(config, meta, causal, env, ckpt):
+    """(model to train: compiled and DDP-wrapped as asked, the plain model, optimizer, loop state)."""
+    model_config = ModelConfig(n_vocab=meta["n_vocab"], block_size=config.block_size, n_layer=config.n_layer,
+                               n_head=config.n_head, n_embd=config.n_embd, causal=causal, dropout=config.dropout)
+    torch.manual_seed(config.seed)  # the initial weights, and dropout's stream
+    raw_model = Transformer(model_config).to(env.device)
+    optimizer = make_optimizer(raw_model, config, env.device.type)
+    state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
+             "train_loss_sum": 0.0, "train_loss_count": 0, "elapsed_before": 0.0}
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        env.scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["state"])
+        set_rng_state(ckpt["rng"][min(env.rank, len(ckpt["rng"]) - 1)])
+    model = torch.compile(raw_model) if config.compile else raw_model
+    if env.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    return model, raw_model, optimizer, state
+
+
+def evaluate(job):
+    """Mean validation loss in nats/token over the val windows, each process taking every world_size-th one."""
+    model = job.raw_model
+    model.eval()
+    ids = torch.arange(job.rank, len(job.val), job.world_size)
+    with torch.no_grad(), job.autocast:
+        nats, count = job.validation_loss(model, job.val[ids].to(job.device), ids, job.config, model.config.mask_id)
+    totals = all_reduce_sum(torch.tensor([float(nats), float(count)], dtype=torch.float64, device=job.device),
+                            job.world_size)
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+def evaluate_and_log(job):
+    """Evaluate, append one line to log.jsonl, print it, and keep best.pt when the run improved."""
+    state, it = job.state, job.state["iter"]
+    val_loss = evaluate(job)
+    train_loss = state["train_loss_sum"] / state["train_loss_count"] if state["train_loss_count"] else None
+    state.update(train_loss_sum=0.0, train_loss_count=0, evaluated_iter=it)
+    is_best = val_loss < state["best_val"]
+    if is_best:
+        state.update(best_val=val_loss, best_iter=it)
+    epoch = state["windows_seen"] / job.windows.n
+    record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * job.config.block_size,
+              "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), job.config, job.total_iters),
+              "best_val": state["best_val"], "kind": job.kind,
+              "elbo_samples": job.config.elbo_samples if job.kind == "diffusion" else None,
+              "unique_tokens": len(job.windows.tokens), "n_params": job.n_params, "done": it == job.total_iters,
+              "elapsed_s": round(time.time() - job.t_start + state["elapsed_before"], 1)}
+    if job.bits_per_byte:
+        record["val_bits_per_byte"] = val_loss / math.log(2)
+    if job.master:
+        with open(os.path.join(job.config.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if job.bits_per_byte else ""
+        print(f"eval iter {it} | epoch {epoch:.2f} | train {'-' if train_loss is None else f'{train_loss:.4f}'} | "
+              f"val {val_loss:.4f} nats/token{unit}{' | best' if is_best else ''}")
+    if is_best:
+        save_checkpoint(job, os.path.join(job.config.out_dir, "best.pt"), best_only=True)
+
+
+def train_step(job):
+    """One optimizer step over grad_accum micro-batches (gradients synced across processes on the last one);
+    returns the mean training loss over all processes."""
+    config, state, it = job.config, job.state, job.state["iter"]
+    for group in job.optimizer.param_groups:
+        group["lr"] = lr_at(it, config, job.total_iters)
+    loss_sum = torch.zeros((), device=job.device)
+    rows = slice(job.rank * config.batch_size, (job.rank + 1) * config.batch_size)  # this process's share
+    for micro in range(config.grad_accum):
+        first_slot = state["windows_seen"] + micro * job.micro_rows
+        batch = job.windows.get(range(first_slot + rows.start, first_slot + rows.stop))
+        batch = batch.pin_memory().to(job.device, non_blocking=True) if job.device.type == "cuda" else batch
+        noise = TrainingNoise(config.seed, it, micro, job.micro_rows, rows, config.block_size, job.device)
+        sync = micro == config.grad_accum - 1 or job.world_size == 1
+        with (contextlib.nullcontext() if sync else job.model.no_sync()), job.autocast:
+            loss = job.training_loss(job.model, batch, noise, job.raw_model.config.mask_id) / config.grad_accum
+        job.scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    loss_value = all_reduce_sum(loss_sum, job.world_size).item() / job.world_size
+    if not math.isfinite(loss_value):
+        raise UserError(f"loss is {loss_value} at iteration {it}: stopped; the last good checkpoint in "
+                        f"{config.out_dir} is kept (try a lower --lr)")
+    job.scaler.unscale_(job.optimizer)
+    torch.nn.utils.clip_grad_norm_(job.model.parameters(), config.grad_clip)
+    job.scaler.step(job.optimizer)
+    job.scaler.update()
+    job.optimizer.zero_grad(set_to_none=True)
+    return loss_value
+
+
+def print_progress(job, loss, seconds, iters):
+    """The progress line: iteration, epoch, loss, lr, tokens/s (and MFU on a GPU of known peak), ETA."""
+    global_batch = job.micro_rows * job.config.grad_accum
+    tokens_per_s = iters * global_batch * job.config.block_size / seconds
+    mfu = ""
+    if job.peak:
+        flops = job.raw_model.flops_per_token() * global_batch * job.config.block_size * iters
+        mfu = f" | mfu {100 * flops / seconds / (job.peak * job.world_size):.1f}%"
+    eta = (job.total_iters - job.state["iter"]) * seconds / iters
+    print(f"iter {job.state['iter']}/{job.total_iters} | epoch {job.state['windows_seen'] / job.windows.n:.2f} | "
+          f"loss {loss:.4f} | lr {lr_at(job.state['iter'] - 1, job.config, job.total_iters):.2e} | "
+          f"{tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
+
+
+def run(kind, causal, training_loss, validation_loss, argv=None):
+    """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options."""
+    config, ckpt = configure(kind, sys.argv[1:] if argv is None else argv)
+    check_config(config)
+    meta, windows, val = load_data(config, ckpt)
+    env = setup_processes(config)
+    if env.master:
+        claim_output_folder(config, ckpt)
+    model, raw_model, optimizer, state = build_model(config, meta, causal, env, ckpt)
+    micro_rows = config.batch_size * env.world_size  # one micro-step's windows across all processes
     global_batch = micro_rows * config.grad_accum
     total_iters = config.max_iters or math.ceil(config.epochs * windows.n / global_batch)
     eval_interval = max(round(config.eval_epochs * windows.n / global_batch), 1) if config.eval_epochs \
         else config.eval_interval
+    job = SimpleNamespace(**vars(env), kind=kind, config=config, meta=meta, windows=windows, val=val, model=model,
+                          raw_model=raw_model, optimizer=optimizer, state=state, training_loss=training_loss,
+                          validation_loss=validation_loss, micro_rows=micro_rows, total_iters=total_iters,
+                          n_params=raw_model.num_params(), peak=peak_flops(env.device), t_start=time.time(),
+                          bits_per_byte=meta["tokenizer"] == "bytes" and meta.get("eot_id") is None)
+    if env.master:
+        print(f"{kind}: {job.n_params / 1e6:.2f}M parameters on {env.device} "
+              f"({str(env.dtype).replace('torch.', '')}), {env.world_size} process(es) | U = {len(windows.tokens):,} "
+              f"tokens = {windows.n:,} windows of {config.block_size + 1} | {global_batch} windows/iter | "
+              f"{total_iters:,} iters = {total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}")
 
-    # --- model and optimizer
-    model_config = ModelConfig(n_vocab=meta["n_vocab"], block_size=config.block_size, n_layer=config.n_layer,
-                               n_head=config.n_head, n_embd=config.n_embd, causal=causal, dropout=config.dropout)
-    model = Transformer(model_config).to(device)
-    optimizer = make_optimizer(model, config, device.type)
-    state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
-             "train_loss_sum": 0.0, "train_loss_count": 0, "elapsed_before": 0.0}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state.update(ckpt["state"])
-        set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)])
-    raw_model = model
-    if config.compile:
-        model = torch.compile(model)
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-
-    log_path = os.path.join(config.out_dir, "log.jsonl")
-    if master and ckpt is not None and os.path.exists(log_path):
-        # drop evaluations logged after the checkpoint (and a line torn by the kill): the resumed run rewrites them
-        kept = []
-        with open(log_path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["iter"] <= state["iter"]:
-                        kept.append(line)
-                except ValueError:
-                    break
-        with open(log_path, "w") as f:
-            f.writelines(kept)
-    elif master and ckpt is None:
-        open(log_path, "w").close()
-
-    n_params = raw_model.num_params()
-    flops_per_iter = raw_model.flops_per_token() * global_batch * config.block_size
-    peak = peak_flops(device)
-    bits_per_byte = meta["tokenizer"] == "bytes" and meta.get("eot_id") is None  # a token is a byte
-    if master:
-        print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
-              f"{world_size} process(es) | U = {unique_tokens:,} tokens = {windows.n:,} windows of "
-              f"{config.block_size + 1} | {global_batch} windows/iter | {total_iters:,} iters = "
-              f"{total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}")
-
-    def save(path, best_only=False):
-        ckpt_out = {"kind": kind, "model_args": raw_model.model_args(), "model": raw_model.state_dict(),
-                    "config": dataclasses.asdict(config), "meta": meta, "iter": state["iter"],
-                    "epoch": state["windows_seen"] / windows.n, "best_val": state["best_val"]}
-        if not best_only:
-            # RNG states of every process, so each continues its own streams
-            rngs = [rng_state()]
-            if world_size > 1:
-                import torch.distributed as dist
-                rngs = [None] * world_size
-                dist.all_gather_object(rngs, rng_state())
-            state_now = dict(state, elapsed_before=state["elapsed_before"] + time.time() - t_start)
-            ckpt_out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), state=state_now,
-                            rng=rngs)
-        if master:
-            atomic_save(ckpt_out, path)
-
-    # --- the loop
-    t_start = time.time()
-    t_log, iters_since_log = time.time(), 0
-    start_iter = state["iter"]
+    start_iter, t_log, iters_since_log = state["iter"], time.time(), 0
     while True:
         it = state["iter"]
-        epoch = state["windows_seen"] / windows.n
-        evaluated = False
-        if (it % eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]:
-            val_loss = evaluate(raw_model, validation_loss, val, config, rank, world_size, device, autocast)
-            train_loss = state["train_loss_sum"] / state["train_loss_count"] if state["train_loss_count"] else None
-            state.update(train_loss_sum=0.0, train_loss_count=0, evaluated_iter=it)
-            is_best = val_loss < state["best_val"]
-            if is_best:
-                state.update(best_val=val_loss, best_iter=it)
-            record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * config.block_size,
-                      "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
-                      "best_val": state["best_val"], "kind": kind,
-                      "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
-                      "unique_tokens": unique_tokens, "n_params": n_params, "done": it == total_iters,
-                      "elapsed_s": round(time.time() - t_start + state["elapsed_before"], 1)}
-            if bits_per_byte:
-                record["val_bits_per_byte"] = val_loss / math.log(2)
-            if master:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if bits_per_byte else ""
-                tl = f"{train_loss:.4f}" if train_loss is not None else "-"
-                print(f"eval iter {it} | epoch {epoch:.2f} | train {tl} | val {val_loss:.4f} nats/token{unit}"
-                      f"{' | best' if is_best else ''}")
-            if is_best:
-                save(os.path.join(config.out_dir, "best.pt"), best_only=True)
-            evaluated = True
+        evaluated = (it % eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]
+        if evaluated:
+            evaluate_and_log(job)
             t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
-        if it > start_iter and (evaluated if not config.ckpt_interval else it % config.ckpt_interval == 0 or
-                                it == total_iters):
-            save(os.path.join(config.out_dir, "ckpt.pt"))
+        ckpt_due = it % config.ckpt_interval == 0 or it == total_iters if config.ckpt_interval else evaluated
+        if it > start_iter and ckpt_due:
+            save_checkpoint(job, os.path.join(config.out_dir, "ckpt.pt"))
         if it >= total_iters:
             break
-        if config.stop_after_s and out_of_time(t_start, config.stop_after_s, device, world_size):
-            save(os.path.join(config.out_dir, "ckpt.pt"))
-            if master:
-                print(f"stopped after {fmt_time(time.time() - t_start)} at iteration {it} of {total_iters} "
+        if config.stop_after_s and out_of_time(job.t_start, config.stop_after_s, env.device, env.world_size):
+            save_checkpoint(job, os.path.join(config.out_dir, "ckpt.pt"))
+            if env.master:
+                print(f"stopped after {fmt_time(time.time() - job.t_start)} at iteration {it} of {total_iters} "
                       f"(--stop_after_s): continue with --resume")
             break
 
-        # one optimizer step: grad_accum micro-batches, gradients synced across processes only on the last
-        lr = lr_at(it, config, total_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
-            first_slot = state["windows_seen"] + micro * micro_rows
-            rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
-            batch = windows.get(range(first_slot + rows.start, first_slot + rows.stop))
-            if device.type == "cuda":
-                batch = batch.pin_memory().to(device, non_blocking=True)
-            else:
-                batch = batch.to(device)
-            noise = TrainingNoise(config.seed, it, micro, micro_rows, rows, config.block_size, device)
-            sync = micro == config.grad_accum - 1 or world_size == 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                loss = training_loss(model, batch, noise, raw_model.config.mask_id) / config.grad_accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        loss_value = all_reduce_sum(loss_sum, world_size).item() / world_size
-        if not math.isfinite(loss_value):
-            raise UserError(f"loss is {loss_value} at iteration {it}: stopped; the last good checkpoint in "
-                            f"{config.out_dir} is kept (try a lower --lr)")
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(job)
         state["iter"] += 1
         state["windows_seen"] += global_batch
-        state["train_loss_sum"] += loss_value
+        state["train_loss_sum"] += loss
         state["train_loss_count"] += 1
-
         iters_since_log += 1
-        if master and (state["iter"] % config.log_interval == 0 or state["iter"] == total_iters):
-            dt = time.time() - t_log
-            tokens_per_s = iters_since_log * global_batch * config.block_size / dt
-            mfu = f" | mfu {100 * flops_per_iter * iters_since_log / dt / (peak * world_size):.1f}%" if peak else ""
-            eta = (total_iters - state["iter"]) * dt / iters_since_log
-            print(f"iter {state['iter']}/{total_iters} | epoch {state['windows_seen'] / windows.n:.2f} | "
-                  f"loss {loss_value:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
+        if env.master and (state["iter"] % config.log_interval == 0 or state["iter"] == total_iters):
+            print_progress(job, loss, time.time() - t_log, iters_since_log)
             t_log, iters_since_log = time.time(), 0
 
-    if master and state["iter"] == total_iters:
+    if env.master and state["iter"] == total_iters:
         print(f"done: best val {state['best_val']:.4f} nats/token at iter {state['best_iter']} "
-              f"({fmt_time(time.time() - t_start)}); checkpoints in {config.out_dir}")
-    if world_size > 1:
+              f"({fmt_time(time.time() - job.t_start)}); checkpoints in {config.out_dir}")
+    if env.world_size > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
     return state

@@ -20,7 +20,8 @@ import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 from cli import parse_args, run_cli  # noqa: E402
-from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops, pick_device, pick_dtype  # noqa: E402
+from checkpoint import pick_device, pick_dtype  # noqa: E402
+from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops  # noqa: E402
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 
 import train_diffusion  # noqa: E402
 from cli import UserError, parse_args, run_cli  # noqa: E402
-from trainer import (TrainConfig, load_checkpoint, load_meta, load_tokens, model_from_checkpoint,  # noqa: E402
-                     pick_device, val_windows)
+from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
+from trainer import TrainConfig, load_meta, load_tokens, val_windows  # noqa: E402
 
 
 @dataclass

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import ROOT, make_tiny_documents, tiny_args
-from trainer import TrainConfig, load_checkpoint
+from checkpoint import load_checkpoint
+from trainer import TrainConfig
 
 
 def read_log(folder):

@@ -141,11 +141,11 @@ def test_matches_llada_generate_at_temperature_zero(steps, gen_length, block_len
 
 def test_prompt_errors():
     ar, df = tiny_model(True), tiny_model(False)
-    with pytest.raises(UserError, match="context"):
+    with pytest.raises(ValueError, match="context"):
         ar_generate(ar, torch.zeros(1, 49, dtype=torch.long), 5)
-    with pytest.raises(UserError, match="context"):
+    with pytest.raises(ValueError, match="context"):
         diffusion_generate(df, torch.full((1, 60), MASK), 10, 10)
-    with pytest.raises(UserError, match="multiple"):
+    with pytest.raises(ValueError, match="multiple"):
         diffusion_generate(df, torch.full((1, 30), MASK), 10, 10, block_length=7)
 
 

@@ -13,7 +13,8 @@ import train_ar
 import train_diffusion
 from conftest import ROOT, tiny_args
 from cli import UserError, parse_args
-from trainer import TrainConfig, atomic_save, load_checkpoint, model_from_checkpoint, run
+from checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from trainer import TrainConfig, run
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
@@ -130,7 +131,7 @@ def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
     meta_path = os.path.join(data_dir, "tiny", "meta.json")
     meta = json.load(open(meta_path))
     json.dump(dict(meta, n_vocab=50257, tokenizer="gpt2"), open(meta_path, "w"))
-    with pytest.raises(UserError, match="vocabulary of 256 tokens but .* uses gpt2"):
+    with pytest.raises(UserError, match=r"tokenizer \(bytes, 256 tokens\) differs from .* \(gpt2, 50257\)"):
         train("ar", data_dir, out, "--resume")
     json.dump(meta, open(meta_path, "w"))
     assert open(out + "/ckpt.pt", "rb").read() == before  # nothing was damaged
@@ -238,3 +239,17 @@ def test_documents_order_resumes_exactly(kind, docs_data_dir, tmp_path):
     assert read_log(stopped) == read_log(full) and len(read_log(full)) == 5
     a, b = load_checkpoint(full + "/ckpt.pt"), load_checkpoint(stopped + "/ckpt.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
+def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16(capability, expected, monkeypatch):
+    """A T4 (7.5) reports bf16 'supported' through emulation; it must get fp16 (and a grad scaler) instead."""
+    from checkpoint import pick_dtype
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype("auto", torch.device("cuda")) == expected
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(UserError, match="choose auto"):
+        pick_dtype("fp8", torch.device("cpu"))

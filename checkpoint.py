@@ -1,0 +1,64 @@
+"""
+Loading what training wrote, and choosing the device and number format: shared by training, sampling and the
+experiment scripts, so none of them needs another's code.
+"""
+import os
+
+import torch
+
+from cli import UserError
+from model import ModelConfig, Transformer
+
+
+def pick_device(name):
+    """'auto': cuda, then mps, then cpu; anything else as torch names it."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name, device):
+    """'auto': bfloat16 on GPUs with native bf16 (compute capability 8.0 and up: A100, L4, H100, RTX 30xx...),
+    float16 (with a grad scaler in training) on older ones such as a T4, float32 elsewhere.
+    torch.cuda.is_bf16_supported() says yes on a T4 too, where bf16 is emulated and slow."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
+        else:
+            name = "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A checkpoint dict written by this project (a run folder: its best.pt, else ckpt.pt; or a file)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt") if os.path.isfile(os.path.join(path, "best.pt")) \
+            else os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first (python train_ar.py or train_diffusion.py)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("ar", "diffusion") or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no kind/model entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    model = Transformer(ModelConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
