@@ -1,8 +1,8 @@
 """
 Compare training runs: a table of best and final validation loss, and a plot of validation loss vs epoch.
 
-    python compare.py out/ar out/diffusion                   # table + compare.png (if matplotlib is installed)
-    python compare.py out/sweep/* --plot=sweep.png --logx
+    python compare.py out/ar out/diffusion                   # table, verdict, out/compare.png (with matplotlib)
+    python compare.py out/sweep/* --plot=out/sweep.png --logx
 
 AR's number is its exact NLL; diffusion's is the ELBO, an upper bound on its NLL, so diffusion below AR means
 diffusion's true NLL is lower still. Units: nats/token (and bits/byte for byte-tokenized data).
@@ -57,6 +57,32 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def trajectory(r):
+    """One run's curve in words: where its best was, and what its validation loss did after it."""
+    records, best_epoch = r["records"], r["best_epoch"]
+    climb = r["final_val"] - r["best_val"]
+    if best_epoch >= records[-1]["epoch"]:
+        return f"{r['run']} ({r['kind']}): still improving at its end: best {r['best_val']:.4f} at epoch {best_epoch:g}"
+    return (f"{r['run']} ({r['kind']}): best {r['best_val']:.4f} at epoch {best_epoch:g} of {r['epochs']:g}, then "
+            f"{'climbed' if climb > 0 else 'moved'} to {r['final_val']:.4f} by the end ({climb:+.4f})")
+
+
+def verdict(rows):
+    """Each run's trajectory, and which kind's best validation loss is lower, by how much."""
+    lines = [trajectory(r) for r in rows]
+    best = {}
+    for r in rows:
+        if r["kind"] not in best or r["best_val"] < best[r["kind"]]["best_val"]:
+            best[r["kind"]] = r
+    if len(best) == 2:
+        ar, df = best["ar"]["best_val"], best["diffusion"]["best_val"]
+        lower, higher = ("diffusion", "AR") if df < ar else ("AR", "diffusion")
+        gap = abs(ar - df)
+        lines.append(f"lower: {lower}, by {gap:.4f} nats/token ({100 * gap / max(ar, df):.1f}% of {higher}'s best; "
+                     f"AR {ar:.4f} in {best['ar']['run']}, diffusion {df:.4f} in {best['diffusion']['run']})")
+    return "\n".join(lines)
+
+
 def plot(rows, path, logx=False):
     """Validation loss vs epoch, all runs on one axis; train loss dashed. Returns False without matplotlib."""
     try:
@@ -95,7 +121,7 @@ def plot(rows, path, logx=False):
 
 @dataclass
 class CompareConfig:
-    plot: str = "compare.png"  # where the PNG goes
+    plot: str = os.path.join("out", "compare.png")  # where the PNG goes
     logx: bool = False  # epochs on a log axis
     no_plot: bool = False  # the table only
 
@@ -110,9 +136,11 @@ def main(argv=None):
         raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=compare.png] [--logx]")
     rows = [summarize(folder) for folder in folders]
     print(format_table(rows))
+    print(verdict(rows))
     if options.no_plot:
         return rows
     path = options.plot
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if plot(rows, path, logx=options.logx):
         print(f"plot: {path}")
     else:

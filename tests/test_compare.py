@@ -184,3 +184,22 @@ def test_sweep_model_sizes_and_bad_values(data_dir, tmp_path, capsys):
     flops = [float(line.split()[4]) for line in lines[1:4]]
     assert flops[1] > 2 * flops[0] and lines[-1].startswith("plan: 3 runs")
     assert not os.path.exists(os.path.join("out", "sweep", "ar_1x32x2_e2"))  # a plan trains nothing
+
+
+def test_verdict_tells_each_trajectory_and_the_gap(tmp_path):
+    write_run(tmp_path / "ar", "ar", [5.0, 3.0, 2.5, 2.7, 3.5])
+    write_run(tmp_path / "df", "diffusion", [5.5, 3.5, 2.9, 2.6, 2.4])
+    text = compare.verdict([compare.summarize(str(tmp_path / "ar")), compare.summarize(str(tmp_path / "df"))])
+    lines = text.splitlines()
+    assert lines[0] == "ar (ar): best 2.5000 at epoch 4 of 8, then climbed to 3.5000 by the end (+1.0000)"
+    assert lines[1] == "df (diffusion): still improving at its end: best 2.4000 at epoch 8"
+    assert lines[2].startswith("lower: diffusion, by 0.1000 nats/token (4.0% of AR's best")
+    assert "lower" not in compare.verdict([compare.summarize(str(tmp_path / "ar"))])
+
+
+def test_default_plot_goes_under_out(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    write_run(tmp_path / "ar", "ar", [5.0, 3.0])
+    monkeypatch.chdir(tmp_path)
+    compare.main([str(tmp_path / "ar")])
+    assert os.path.isfile(tmp_path / "out" / "compare.png") and not os.path.exists(tmp_path / "compare.png")
