@@ -61,10 +61,11 @@ def trajectory(r):
     """One run's curve in words: where its best was, and what its validation loss did after it."""
     records, best_epoch = r["records"], r["best_epoch"]
     climb = r["final_val"] - r["best_val"]
-    if best_epoch >= records[-1]["epoch"]:
-        return f"{r['run']} ({r['kind']}): still improving at its end: best {r['best_val']:.4f} at epoch {best_epoch:g}"
-    return (f"{r['run']} ({r['kind']}): best {r['best_val']:.4f} at epoch {best_epoch:g} of {r['epochs']:g}, then "
-            f"{'climbed' if climb > 0 else 'moved'} to {r['final_val']:.4f} by the end ({climb:+.4f})")
+    if best_epoch >= records[max(len(records) - 2, 0)]["epoch"]:  # best at one of the last two evaluations
+        return (f"{r['run']} ({r['kind']}): still improving at its end: best {r['best_val']:.4f} at epoch "
+                f"{best_epoch:.1f} of {r['epochs']:.1f}")
+    return (f"{r['run']} ({r['kind']}): best {r['best_val']:.4f} at epoch {best_epoch:.1f} of {r['epochs']:.1f}, "
+            f"then {'climbed' if climb > 0 else 'moved'} to {r['final_val']:.4f} by the end ({climb:+.4f})")
 
 
 def verdict(rows):

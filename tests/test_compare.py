@@ -191,8 +191,8 @@ def test_verdict_tells_each_trajectory_and_the_gap(tmp_path):
     write_run(tmp_path / "df", "diffusion", [5.5, 3.5, 2.9, 2.6, 2.4])
     text = compare.verdict([compare.summarize(str(tmp_path / "ar")), compare.summarize(str(tmp_path / "df"))])
     lines = text.splitlines()
-    assert lines[0] == "ar (ar): best 2.5000 at epoch 4 of 8, then climbed to 3.5000 by the end (+1.0000)"
-    assert lines[1] == "df (diffusion): still improving at its end: best 2.4000 at epoch 8"
+    assert lines[0] == "ar (ar): best 2.5000 at epoch 4.0 of 8.0, then climbed to 3.5000 by the end (+1.0000)"
+    assert lines[1] == "df (diffusion): still improving at its end: best 2.4000 at epoch 8.0 of 8.0"
     assert lines[2].startswith("lower: diffusion, by 0.1000 nats/token (4.0% of AR's best")
     assert "lower" not in compare.verdict([compare.summarize(str(tmp_path / "ar"))])
 
