@@ -1,5 +1,5 @@
 """
-One Llama-style transformer for both objectives (DESIGN.md, "The model").
+One Llama-style transformer for both objectives, as in the papers' code.
 
 RoPE, RMSNorm, SwiGLU MLP, no biases, tied input/output embeddings, attention through
 scaled_dot_product_attention. The only switch between the autoregressive and the masked-diffusion

@@ -16,7 +16,7 @@ CAUSAL = True
 
 
 def training_loss(model, windows, noise, mask_id):
-    """AR loss (DESIGN.md): mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). `noise` and `mask_id` are unused."""
+    """AR loss: mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). `noise` and `mask_id` are unused."""
     x, targets = windows[:, :-1], windows[:, 1:]
     logits = model(x)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -18,7 +18,7 @@ EPS = 1e-3  # t ~ U(EPS, 1): the 1/t weight stays finite
 
 
 def training_loss(model, windows, noise, mask_id):
-    """Masked diffusion loss (DESIGN.md; MDLM / SMDM / LLaDA, absorbing state, linear schedule):
+    """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
     loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b]), t_b = EPS + (1 - EPS) * u_b."""
     x = windows[:, :-1]
     t = EPS + (1 - EPS) * noise.row  # (B,) stratified over the batch

@@ -103,3 +103,15 @@ def test_colab_notebook_runs_the_gpu_recipe_with_settings_it_reads():
     assert len(set(settings)) >= 5
     for name in settings:
         assert f"{name}=${{{name}:-" in recipe, f"gpu_recipe.sh has no setting {name} (colab.ipynb)"
+
+
+def test_colab_first_cell_stops_with_one_message_when_the_repository_is_unset(tmp_path, monkeypatch):
+    """Run all on a fresh runtime (no checkout in the working folder) with REPO_URL unset: the first code cell
+    stops before any clone, with a message that says what to set."""
+    with open(os.path.join(ROOT, "colab.ipynb")) as f:
+        first = next("".join(c["source"]) for c in json.load(f)["cells"] if c["cell_type"] == "code")
+    python = "\n".join(line for line in first.splitlines() if not line.strip().startswith(("!", "%")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="Set REPO_URL in the first cell"):
+        exec(compile(python, "colab-cell-1", "exec"), {})
+    assert os.listdir(tmp_path) == []  # nothing cloned, nothing written
