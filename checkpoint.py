@@ -13,7 +13,15 @@ from model import ModelConfig, Transformer
 def pick_device(name):
     """'auto': cuda, then mps, then cpu; anything else as torch names it."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            raise UserError(f"--device {name}: this machine has no such CUDA GPU: use --device=auto or cpu")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {name}: MPS is not available here: use --device=auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

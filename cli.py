@@ -3,8 +3,9 @@ The command line, once for every script: `--key=value` or `--key value` override
 and one-line errors for bad input (UserError) instead of tracebacks.
 """
 import difflib
+import math
 import sys
-from dataclasses import fields
+from dataclasses import field, fields
 
 
 class UserError(Exception):
@@ -19,6 +20,51 @@ def run_cli(main):
         sys.exit(f"error: {e}")
 
 
+def option(default, *, low=None, high=None, above=None, below=None, choices=None, items=None):
+    """A config field and its allowed values, declared together; parse_args checks every value it sets.
+    low / high: at least / at most; above / below: strictly more / less; choices: the allowed strings;
+    items=int or float: a comma-separated list whose every item is such a number within the bounds."""
+    rule = {key: value for key, value in dict(low=low, high=high, above=above, below=below, choices=choices,
+                                              items=items).items() if value is not None}
+    return field(default=default, metadata={"rule": rule})
+
+
+def describe(rule):
+    """The allowed values in words: 'at least 1', 'at least 0 and less than 1', 'auto, cpu or cuda'."""
+    if "choices" in rule:
+        names = list(rule["choices"])
+        return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+    bounds = [f"{word} {rule[key]:g}" for key, word in (("low", "at least"), ("above", "more than"),
+                                                        ("high", "at most"), ("below", "less than")) if key in rule]
+    text = " and ".join(bounds)
+    if "items" in rule:
+        kind = "whole numbers" if rule["items"] is int else "numbers"
+        return f"{kind} separated by commas" + (f", each {text}" if text else "")
+    return text
+
+
+def list_items(name, text, kind):
+    """The numbers of a comma-separated option ('' gives none), or a one-line UserError."""
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise UserError(f"--{name} takes {what} separated by commas (e.g. --{name}=1,2,3), not {text!r}") from None
+
+
+def check_value(name, value, rule):
+    """Nothing if value is allowed by rule; otherwise a UserError naming the option, the value and the rule."""
+    if "choices" in rule:
+        if value not in rule["choices"]:
+            raise UserError(f"--{name} {value}: choose {describe(rule)}")
+        return
+    values = list_items(name, value, rule["items"]) if "items" in rule else [value]
+    for v in values:
+        if ("low" in rule and v < rule["low"]) or ("high" in rule and v > rule["high"]) or \
+                ("above" in rule and v <= rule["above"]) or ("below" in rule and v >= rule["below"]):
+            raise UserError(f"--{name} {value}: must be {describe(rule)}")
+
+
 def parse_value(field, text):
     if field.type in (bool, "bool"):
         if text.lower() in ("1", "true", "yes", "on"):
@@ -28,9 +74,12 @@ def parse_value(field, text):
         raise UserError(f"--{field.name} expects true or false, got '{text}'")
     kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise UserError(f"--{field.name} expects {kind.__name__}, got '{text}'") from None
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"--{field.name} expects a finite number, got '{text}'")
+    return value
 
 
 def parse_args(argv, config, doc=None):
@@ -62,11 +111,13 @@ def parse_args(argv, config, doc=None):
             else:
                 raise UserError(f"--{key} needs a value")
         setattr(config, key, parse_value(field, value))
+        check_value(key, getattr(config, key), field.metadata.get("rule", {}))
         given.add(key)
         i += 1
     return given
 
 
 def usage(config):
-    lines = [f"  --{f.name}={getattr(config, f.name)!r}" for f in fields(config)]
+    lines = [f"  --{f.name}={getattr(config, f.name)!r}" + (f"  ({describe(f.metadata['rule'])})"
+                                                             if f.metadata.get("rule") else "") for f in fields(config)]
     return "options (default values):\n" + "\n".join(lines)

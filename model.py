@@ -14,6 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def shape_problem(n_embd, n_head):
+    """Why n_embd and n_head cannot make attention heads (None if they can): RoPE rotates channel pairs, so each
+    head needs a whole, even number of channels."""
+    if n_embd % n_head or (n_embd // n_head) % 2:
+        return (f"--n_embd {n_embd} / --n_head {n_head}: each head needs a whole, even number of channels "
+                f"(n_embd = n_head x an even number, e.g. --n_embd {n_head * max(2, n_embd // n_head // 2 * 2)})")
+    return None
+
+
 @dataclass
 class ModelConfig:
     n_vocab: int = 256  # tokenizer tokens; ids >= n_vocab are [MASK] and padding
@@ -24,6 +33,11 @@ class ModelConfig:
     causal: bool = True
     dropout: float = 0.0
     rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        problem = shape_problem(self.n_embd, self.n_head)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def mask_id(self):
@@ -138,7 +152,6 @@ class Transformer(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        assert config.n_embd % config.n_head == 0 and (config.n_embd // config.n_head) % 2 == 0
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.norm = RMSNorm(config.n_embd)

@@ -27,23 +27,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cli import UserError, parse_args, run_cli
+from cli import UserError, option, parse_args, run_cli
 from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
 
 
 @dataclass
 class PrepareConfig:
-    tokenizer: str = "bytes"  # bytes | bpe (trained here, offline) | gpt2 (downloaded once)
-    vocab_size: int = 8192  # bpe only: tokens in the trained BPE (256 bytes + merges)
-    dataset: str = "default"  # default, python (both offline) | shakespeare | tinystories | c4
+    tokenizer: str = option("bytes", choices=("bytes", "bpe", "gpt2"))  # bpe: trained here, offline; gpt2: downloaded
+    vocab_size: int = option(8192, low=256, high=65534)  # bpe only: tokens in the trained BPE (256 bytes + merges)
+    dataset: str = option("default", choices=("default", "python", "shakespeare", "tinystories", "c4"))  # the
+    # first two are offline
     input: str = ""  # a UTF-8 text file to use instead of --dataset
     name: str = ""  # folder under data_dir (default: the dataset or input file name, + _gpt2 / _bpe<vocab>)
     data_dir: str = "data"
-    val_fraction: float = 0.1  # held-out share (the tail, or whole files for python) when a source has no val split
-    split_seed: int = 1234  # python: which files go to val
+    val_fraction: float = option(0.1, above=0, below=1)  # held-out share (the tail, or whole files for python)
+    split_seed: int = option(1234, low=0)  # python: which files go to val
     python_root: str = ""  # python: the Lib/ folder to read (default: the running interpreter's)
-    max_train_tokens: int = 0  # keep only the first N train tokens (0: all)
-    max_download_mb: float = 100.0  # cap on each downloaded file
+    max_train_tokens: int = option(0, low=0)  # keep only the first N train tokens (0: all)
+    max_download_mb: float = option(100.0, above=0)  # cap on each downloaded file
     cache_dir: str = os.path.join("data", "_downloads")
     base_url: str = ""  # fetch the dataset's files from this server instead (a mirror)
 
@@ -233,23 +234,25 @@ def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0
     return meta
 
 
+def read_input_text(path):
+    """The text of a UTF-8 file; a file that is not text (NUL bytes, or more than 1% of bytes that are not UTF-8)
+    is a one-line error rather than a corpus of replacement characters."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if b"\x00" in raw:
+        raise UserError(f"--input {path}: the file holds NUL bytes, so it is not text (a binary file?): "
+                        f"give a UTF-8 text file")
+    text = raw.decode("utf-8", errors="replace")
+    undecodable = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if undecodable > 0.01 * max(len(raw), 1):
+        raise UserError(f"--input {path}: {undecodable:,} of its {len(raw):,} bytes are not UTF-8: give a UTF-8 "
+                        f"text file (convert it with iconv, for example)")
+    return text
+
+
 def split_tail(text, val_fraction):
     cut = int(len(text) * (1 - val_fraction))
     return text[:cut], text[cut:]
-
-
-def check_config(args):
-    if args.tokenizer not in ("bytes", "bpe", "gpt2"):
-        raise UserError(f"--tokenizer {args.tokenizer}: choose bytes, bpe or gpt2")
-    if args.dataset not in ["default", "python", *DATASETS]:
-        raise UserError(f"--dataset {args.dataset}: choose default, python, {', '.join(DATASETS)}, "
-                        f"or use --input FILE")
-    if not 0 < args.val_fraction < 1:
-        raise UserError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
-    if not 256 <= args.vocab_size <= 65534:
-        raise UserError(f"--vocab_size {args.vocab_size}: a byte-level BPE needs 256 to 65534 tokens")
-    if args.max_train_tokens < 0:
-        raise UserError(f"--max_train_tokens {args.max_train_tokens}: must be 0 (all) or more")
 
 
 def read_python_corpus(args):
@@ -281,13 +284,11 @@ def read_downloaded(args):
 def main(argv=None):
     args = PrepareConfig()
     parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
-    check_config(args)
     documents, extra, val_names = False, {}, None
     if args.input:
         if not os.path.isfile(args.input):
             raise UserError(f"--input {args.input}: no such file")
-        with open(args.input, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
+        text = read_input_text(args.input)
         train_docs, val_docs = split_tail(text, args.val_fraction)
         source, name = os.path.abspath(args.input), os.path.splitext(os.path.basename(args.input))[0]
     elif args.dataset == "default":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from model import KVCache
-from cli import UserError, parse_args, run_cli
+from cli import UserError, option, parse_args, run_cli
 from tokenizer import tokenizer_from_meta
 from checkpoint import load_checkpoint, model_from_checkpoint, pick_device, pick_dtype
 
@@ -28,21 +28,22 @@ MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 class SampleConfig:
     ckpt: str = "out/ar"  # a run folder (best.pt, else ckpt.pt) or a checkpoint file
     start: str = "\n"  # prompt text, or FILE:path
-    num_samples: int = 2
-    seed: int = 1337
+    num_samples: int = option(2, low=1)
+    seed: int = option(1337, low=0)
     device: str = "auto"
-    temperature: float = 0.8  # 0: greedy (AR) / argmax (diffusion)
+    temperature: float = option(0.8, low=0)  # 0: greedy (AR) / argmax (diffusion)
     # AR
-    max_new_tokens: int = 300
-    top_k: int = 0  # keep the k most likely tokens (0: all)
-    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p (1.0: all)
+    max_new_tokens: int = option(300, low=0)
+    top_k: int = option(0, low=0)  # keep the k most likely tokens (0: all)
+    top_p: float = option(1.0, above=0, high=1)  # keep the smallest set of tokens whose probability reaches p
     no_cache: bool = False  # recompute the whole context every token (slow; for checking the cache)
     # diffusion
-    gen_length: int = -1  # tokens after the prompt (-1: the rest of the context in whole blocks; 0: only infill)
-    steps: int = 0  # denoising steps (0: gen_length, one token per step)
-    block_length: int = 8  # semi-autoregressive block size (0: one block); small blocks keep byte models from
-    # committing runs of spaces first, their most confident guess
-    remasking: str = "low_confidence"  # low_confidence | random
+    gen_length: int = option(-1, low=-1)  # tokens after the prompt (-1: the rest of the context in whole blocks;
+    # 0: only infill)
+    steps: int = option(0, low=0)  # denoising steps (0: one token per step)
+    block_length: int = option(8, low=0)  # semi-autoregressive block size (0: one block); small blocks keep
+    # weak models from committing runs of their most confident token first
+    remasking: str = option("low_confidence", choices=("low_confidence", "random"))
     show: bool = False  # print the denoising trajectory, one line per step
 
 
@@ -192,6 +193,9 @@ def read_prompt(start):
                 return f.read()
         except OSError as e:
             raise UserError(f"--start {start}: cannot read the file ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"--start {start}: the file is not UTF-8 text (byte {e.start}): give a text file") \
+                from None
     return start
 
 
@@ -206,8 +210,6 @@ def main(argv=None):
 def generate_from_checkpoint(argv):
     config = SampleConfig()
     parse_args(argv, config, doc=__doc__)
-    if config.remasking not in ("low_confidence", "random"):
-        raise UserError(f"--remasking {config.remasking}: choose low_confidence or random")
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)

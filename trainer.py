@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype
-from model import ModelConfig, Transformer
-from cli import UserError, parse_args, run_cli
+from model import ModelConfig, Transformer, shape_problem
+from cli import UserError, option, parse_args, run_cli
 from tokenizer import portable_meta
 
 
@@ -27,47 +27,49 @@ class TrainConfig:
     # data (prepare_data.py writes data_dir/dataset)
     dataset: str = "default"
     data_dir: str = "data"
-    unique_tokens: int = 0  # U: train only on the first U train tokens, repeated (0: the whole split)
-    epochs: float = 16.0  # training tokens = epochs x U; the schedule spans them all
-    max_iters: int = 0  # if > 0, train this many iterations instead of `epochs`
-    epoch_order: str = "fixed"  # fixed: the same windows every epoch, shuffled; documents: the papers' loader, a
-    # fresh seeded document order every epoch cut into windows (window boundaries move; needs data with documents)
+    unique_tokens: int = option(0, low=0)  # U: train only on the first U train tokens, repeated (0: the whole split)
+    epochs: float = option(16.0, above=0)  # training tokens = epochs x U; the schedule spans them all
+    max_iters: int = option(0, low=0)  # if > 0, train this many iterations instead of `epochs`
+    epoch_order: str = option("fixed", choices=("fixed", "documents"))  # fixed: the same windows every epoch,
+    # shuffled; documents: the papers' loader, a fresh seeded document order every epoch cut into windows (window
+    # boundaries move; needs data with documents)
     random_offsets: bool = False  # nanoGPT-style random windows (augments AR); default: exact epochs
     # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
+    n_layer: int = option(4, low=1)
+    n_head: int = option(4, low=1)
+    n_embd: int = option(128, low=2)
+    block_size: int = option(128, low=1)
+    dropout: float = option(0.0, low=0, below=1)
     # optimisation: AdamW, linear warmup then cosine to lr * min_lr_ratio at the end of the run
-    batch_size: int = 16  # sequences per micro-batch, per process
-    grad_accum: int = 1
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_iters: int = 100  # at most 10% of the run
-    warmup_fraction: float = 0.0  # if > 0: warm up over this share of the run instead (paper 1: 1%)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    batch_size: int = option(16, low=1)  # sequences per micro-batch, per process
+    grad_accum: int = option(1, low=1)
+    lr: float = option(2e-3, above=0)
+    min_lr_ratio: float = option(0.1, low=0, high=1)
+    warmup_iters: int = option(100, low=0)  # at most 10% of the run
+    warmup_fraction: float = option(0.0, low=0, below=1)  # if > 0: warm up over this share of the run instead
+    weight_decay: float = option(0.1, low=0)
+    beta1: float = option(0.9, low=0, below=1)
+    beta2: float = option(0.95, low=0, below=1)
+    grad_clip: float = option(1.0, above=0)
     # evaluation
-    eval_interval: int = 250  # iterations between evaluations (and one at the start and at the end)
-    eval_epochs: float = 0.0  # if > 0: evaluate every this many epochs instead of every eval_interval iterations
-    eval_windows: int = 64  # validation windows evaluated (0: all); the same windows every time
-    eval_batch_size: int = 64
-    elbo_samples: int = 32  # K stratified t values per window for the diffusion ELBO
-    eval_seed: int = 1234
+    eval_interval: int = option(250, low=1)  # iterations between evaluations (and one at the start and the end)
+    eval_epochs: float = option(0.0, low=0)  # if > 0: evaluate every this many epochs instead of eval_interval
+    eval_windows: int = option(64, low=0)  # validation windows evaluated (0: all); the same windows every time
+    eval_batch_size: int = option(64, low=1)
+    elbo_samples: int = option(32, low=1)  # K stratified t values per window for the diffusion ELBO
+    eval_seed: int = option(1234, low=0)
     # output
     out_dir: str = ""  # default: out/<kind>
-    ckpt_interval: int = 0  # iterations between checkpoints (0: at every evaluation)
-    log_interval: int = 25
+    ckpt_interval: int = option(0, low=0)  # iterations between checkpoints (0: at every evaluation)
+    log_interval: int = option(25, low=1)
     resume: bool = False
-    stop_after_s: float = 0.0  # if > 0: checkpoint and stop after this many seconds (continue with --resume)
-    overwrite: bool = False  # allow replacing a different run in out_dir
+    stop_after_s: float = option(0.0, low=0)  # if > 0: checkpoint and stop after this many seconds (then --resume)
+    overwrite: bool = False  # replace the run in out_dir (its files are replaced only once the new run starts)
     # system
-    seed: int = 1337
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: bfloat16 on GPUs that support it, float16 on older ones, float32 on cpu
+    seed: int = option(1337, low=0)
+    device: str = "auto"  # auto: cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
+    dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"))  # auto: bf16 on GPUs with
+    # native bf16, float16 on older ones, float32 on cpu
     compile: bool = False
 
 
@@ -140,6 +142,15 @@ class Windows:
             start = int(starts[int(g) % self.n])
             rows.append(tokens[start:start + self.block_size + 1])
         return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def check_token_ids(tokens, meta, path):
+    """Every id must be one of the tokenizer's: [MASK] (= n_vocab) and the padding above it are never data."""
+    largest = int(np.max(tokens)) if len(tokens) else 0
+    if largest >= meta["n_vocab"]:
+        what = "the [MASK] id" if largest == meta["mask_id"] else "an id past the vocabulary"
+        raise UserError(f"{path} holds token id {largest}, {what} ({meta['tokenizer']} has {meta['n_vocab']} "
+                        f"tokens): the file does not match meta.json; re-run prepare_data.py")
 
 
 def document_ends(tokens, eot_id):
@@ -305,7 +316,8 @@ def configure(kind, argv):
         return config, None
     ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
     if not os.path.isfile(ckpt_path):
-        raise UserError(f"--resume: no checkpoint at {ckpt_path} to continue")
+        raise UserError(f"--resume: {config.out_dir} holds no checkpoint to continue (no ckpt.pt): start the run "
+                        f"without --resume")
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["kind"] != kind:
         script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
@@ -322,11 +334,8 @@ def configure(kind, argv):
 
 
 def check_config(config):
-    if config.n_embd % config.n_head or (config.n_embd // config.n_head) % 2:
-        raise UserError(f"--n_embd {config.n_embd} / --n_head {config.n_head}: the head size must be a whole, even "
-                        f"number (RoPE rotates channel pairs)")
-    if config.epoch_order not in ("fixed", "documents"):
-        raise UserError(f"--epoch_order {config.epoch_order}: choose fixed or documents")
+    if shape_problem(config.n_embd, config.n_head):
+        raise UserError(shape_problem(config.n_embd, config.n_head))
     if config.epoch_order == "documents" and config.random_offsets:
         raise UserError("--random_offsets and --epoch_order=documents exclude each other: choose one")
 
@@ -357,6 +366,8 @@ def load_data(config, ckpt):
                         f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): same data "
                         f"as the run, please")
     tokens = train_tokens[:unique_tokens]
+    check_token_ids(tokens, meta, os.path.join(data_dir, "train.bin"))
+    check_token_ids(val_tokens, meta, os.path.join(data_dir, "val.bin"))
     ends = document_ends(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
     windows = Windows(tokens, config.block_size, config.seed, config.random_offsets, ends)
     return meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows)
@@ -380,31 +391,36 @@ def setup_processes(config):
                            dtype=dtype, autocast=autocast, scaler=scaler)
 
 
-def claim_output_folder(config, ckpt):
-    """Refuse a folder that holds another run unless --overwrite; a resumed run keeps its log up to its
-    checkpoint (evaluations logged after it, and a line torn by the kill, are dropped: they are redone)."""
-    os.makedirs(config.out_dir, exist_ok=True)
-    log_path = os.path.join(config.out_dir, "log.jsonl")
-    if ckpt is not None:
-        kept = []
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["iter"] <= ckpt["state"]["iter"]:
-                            kept.append(line)
-                    except ValueError:
-                        break
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+def check_output_folder(config, ckpt):
+    """Refuse a folder that holds a resumable run (a ckpt.pt) unless --resume or --overwrite; touches nothing. A
+    folder without ckpt.pt (a start that failed or was killed before its first checkpoint) holds nothing to
+    continue, so a plain start reuses it."""
+    if ckpt is not None or config.overwrite:
         return
-    if (os.path.exists(os.path.join(config.out_dir, "ckpt.pt")) or os.path.exists(log_path)) and not config.overwrite:
+    if os.path.exists(os.path.join(config.out_dir, "ckpt.pt")):
         raise UserError(f"{config.out_dir} already holds a run: continue it with --resume, start over with "
                         f"--overwrite, or choose another --out_dir")
-    for name in ("ckpt.pt", "best.pt"):  # --overwrite: a kill before the first save must not resume the old run
-        if os.path.exists(os.path.join(config.out_dir, name)):
-            os.remove(os.path.join(config.out_dir, name))
-    open(log_path, "w").close()
+    if os.path.exists(os.path.join(config.out_dir, "log.jsonl")):
+        print(f"{config.out_dir} holds no checkpoint (an earlier start stopped before its first one): starting "
+              f"afresh there")
+
+
+def start_output(config, ckpt):
+    """The run's first write, once every check has passed: a fresh run empties log.jsonl (its best.pt and ckpt.pt
+    follow at iteration 0, replacing an old run's); a resumed run keeps its log up to its checkpoint (evaluations
+    logged after it, and a line torn by the kill, are dropped: they are redone)."""
+    os.makedirs(config.out_dir, exist_ok=True)
+    log_path, kept = os.path.join(config.out_dir, "log.jsonl"), []
+    if ckpt is not None and os.path.exists(log_path):
+        with open(log_path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["iter"] <= ckpt["state"]["iter"]:
+                        kept.append(line)
+                except ValueError:
+                    break
+    with open(log_path, "w") as f:
+        f.writelines(kept)
 
 
 def build_model(config, meta, causal, env, ckpt):
@@ -521,7 +537,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     meta, windows, val = load_data(config, ckpt)
     env = setup_processes(config)
     if env.master:
-        claim_output_folder(config, ckpt)
+        check_output_folder(config, ckpt)
     model, raw_model, optimizer, state = build_model(config, meta, causal, env, ckpt)
     micro_rows = config.batch_size * env.world_size  # one micro-step's windows across all processes
     global_batch = micro_rows * config.grad_accum
@@ -539,6 +555,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
               f"tokens = {windows.n:,} windows of {config.block_size + 1} | {global_batch} windows/iter | "
               f"{total_iters:,} iters = {total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}")
 
+    if env.master:
+        start_output(config, ckpt)
     start_iter, t_log, iters_since_log = state["iter"], time.time(), 0
     while True:
         it = state["iter"]
@@ -547,7 +565,7 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
             evaluate_and_log(job)
             t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
         ckpt_due = it % config.ckpt_interval == 0 or it == total_iters if config.ckpt_interval else evaluated
-        if it > start_iter and ckpt_due:
+        if (it > start_iter or ckpt is None) and ckpt_due:  # a fresh run saves at iteration 0: a run from here on
             save_checkpoint(job, os.path.join(config.out_dir, "ckpt.pt"))
         if it >= total_iters:
             break

@@ -14,27 +14,24 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import prepare_data  # noqa: E402
-from cli import UserError, parse_args, run_cli  # noqa: E402
+from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from tokenizer import make_encoding, piece_counts, ranks_to_text, train_bpe  # noqa: E402
 
 
 @dataclass
 class BenchConfig:
-    vocab_sizes: str = "8192"
-    repeats: int = 1
-    val_fraction: float = 0.1
-    split_seed: int = 1234
+    vocab_sizes: str = option("8192", items=int, low=256, high=65534)
+    repeats: int = option(1, low=1)
+    val_fraction: float = option(0.1, above=0, below=1)
+    split_seed: int = option(1234, low=0)
 
 
 def main():
     config = BenchConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
-    try:
-        sizes = [int(v) for v in config.vocab_sizes.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--vocab_sizes takes whole numbers separated by commas, not {config.vocab_sizes!r}") from None
-    if config.repeats < 1 or not sizes:
-        raise UserError("--repeats must be at least 1 and --vocab_sizes must name a size")
+    sizes = list_items("vocab_sizes", config.vocab_sizes, int)
+    if not sizes:
+        raise UserError("--vocab_sizes must name at least one size")
     train, val = prepare_data.split_files(prepare_data.python_source_files(), config.val_fraction, config.split_seed)
     train_docs, val_text = [t for _, t in train], "".join(t for _, t in val)
     mb = sum(len(t.encode()) for t in train_docs) / 1e6

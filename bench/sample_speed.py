@@ -13,22 +13,22 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import ModelConfig, Transformer  # noqa: E402
+from model import ModelConfig, Transformer, shape_problem  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
-from cli import parse_args, run_cli  # noqa: E402
+from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from checkpoint import pick_device  # noqa: E402
 
 
 @dataclass
 class SpeedConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 1024
-    n_vocab: int = 256
-    new_tokens: int = 512
-    gen_length: int = 256  # diffusion
-    steps: str = "32,64,128,256"
+    n_layer: int = option(4, low=1)
+    n_head: int = option(4, low=1)
+    n_embd: int = option(128, low=2)
+    block_size: int = option(1024, low=2)
+    n_vocab: int = option(256, low=1, high=65535)
+    new_tokens: int = option(512, low=1)
+    gen_length: int = option(256, low=1)  # diffusion
+    steps: str = option("32,64,128,256", items=int, low=1)
     device: str = "auto"
 
 
@@ -46,6 +46,8 @@ def timed(fn):
 def main():
     config = SpeedConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
+    if shape_problem(config.n_embd, config.n_head):
+        raise UserError(shape_problem(config.n_embd, config.n_head))
     device = pick_device(config.device)
     torch.manual_seed(0)
     shape = dict(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
@@ -65,7 +67,7 @@ def main():
     print(f"{'KV cache speed-up':<34} {results[True] / results[False]:>9.1f}x")
     x = torch.full((1, 1 + config.gen_length), diffusion.config.mask_id, device=device)
     x[0, 0] = 0
-    for steps in [int(s) for s in config.steps.split(",")]:
+    for steps in list_items("steps", config.steps, int):
         dt = timed(lambda: diffusion_generate(diffusion, x, 1, steps))
         label = f"diffusion, {config.gen_length} tokens, {steps} steps"
         print(f"{label:<34} {config.gen_length / dt:>10,.0f} {dt:>8.2f}")

@@ -18,26 +18,26 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
-from model import ModelConfig, Transformer  # noqa: E402
-from cli import parse_args, run_cli  # noqa: E402
+from model import ModelConfig, Transformer, shape_problem  # noqa: E402
+from cli import UserError, option, parse_args, run_cli  # noqa: E402
 from checkpoint import pick_device, pick_dtype  # noqa: E402
 from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops  # noqa: E402
 
 
 @dataclass
 class BenchConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    n_vocab: int = 256
-    batch_size: int = 16
-    steps: int = 20
-    warmup: int = 3
+    n_layer: int = option(4, low=1)
+    n_head: int = option(4, low=1)
+    n_embd: int = option(128, low=2)
+    block_size: int = option(128, low=1)
+    n_vocab: int = option(256, low=1, high=65535)
+    batch_size: int = option(16, low=1)
+    steps: int = option(20, low=1)
+    warmup: int = option(3, low=0)
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = False
-    kinds: str = "ar,diffusion"
+    kinds: str = option("ar,diffusion", choices=("ar,diffusion", "ar", "diffusion", "diffusion,ar"))
 
 
 def bench(kind, script, config, device, dtype):
@@ -80,6 +80,8 @@ def bench(kind, script, config, device, dtype):
 def main():
     config = BenchConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
+    if shape_problem(config.n_embd, config.n_head):
+        raise UserError(shape_problem(config.n_embd, config.n_head))
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     if device.type == "cuda":

@@ -15,7 +15,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import train_diffusion  # noqa: E402
-from cli import UserError, parse_args, run_cli  # noqa: E402
+from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
 from trainer import TrainConfig, load_meta, load_tokens, val_windows  # noqa: E402
 
@@ -23,8 +23,8 @@ from trainer import TrainConfig, load_meta, load_tokens, val_windows  # noqa: E4
 @dataclass
 class SpreadConfig:
     ckpt: str = "out/diffusion"
-    seeds: int = 5  # mask seeds per K
-    ks: str = "32,128"  # K values (stratified t per window)
+    seeds: int = option(5, low=2)  # mask seeds per K (a spread needs two)
+    ks: str = option("32,128", items=int, low=1)  # K values (stratified t per window)
     device: str = "auto"
 
 
@@ -41,7 +41,7 @@ def main():
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
     print(f"{config.ckpt}: iter {ckpt['iter']}, epoch {ckpt['epoch']:.1f}, {len(windows)} val windows")
-    for k in [int(k) for k in config.ks.split(",")]:
+    for k in list_items("ks", config.ks, int):
         values = []
         for seed in range(config.seeds):
             run_config = replace(train_config, elbo_samples=k, eval_seed=1234 + seed)

@@ -28,27 +28,28 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
-from cli import UserError, parse_args, run_cli  # noqa: E402
+from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 
 
 @dataclass
 class SweepConfig:
-    unique_tokens: int = 25000
-    ar_epochs: str = "4,8,16"
-    diffusion_epochs: str = "100"
+    unique_tokens: int = option(25000, low=1)
+    ar_epochs: str = option("4,8,16", items=float, above=0)
+    diffusion_epochs: str = option("100", items=float, above=0)
     out: str = "out/sweep"
-    jobs: int = 1
-    threads: int = 0  # torch threads per run (0: cores / jobs)
-    evals: int = 20  # evaluations per run, evenly spaced in epochs
-    seeds: str = ""  # training seeds, comma-separated (empty: the training default, one run per setting)
+    jobs: int = option(1, low=1)
+    threads: int = option(0, low=0)  # torch threads per run (0: cores / jobs)
+    evals: int = option(20, low=1)  # evaluations per run, evenly spaced in epochs
+    seeds: str = option("", items=int, low=0)  # training seeds, comma-separated (empty: the training default)
     plot: str = ""  # default: OUT/compare.png
     ar_models: str = ""  # model sizes for AR, e.g. 6x384,8x512 (empty: the training options' model)
     diffusion_models: str = ""  # the same for diffusion
     ar_options: str = ""  # training options for the AR runs only, e.g. "--lr=1e-3"
     diffusion_options: str = ""  # training options for the diffusion runs only
-    assumed_tflops: float = 0.0  # achieved TFLOP/s for the plan's time estimates (0: no estimate)
+    assumed_tflops: float = option(0.0, low=0)  # achieved TFLOP/s for the plan's time estimates (0: no estimate)
     plan_only: bool = False  # print the plan and stop
-    time_budget_s: float = 0.0  # stop (every run checkpointed) after this many seconds; rerun to continue (0: none)
+    time_budget_s: float = option(0.0, low=0)  # stop (every run checkpointed) after this many seconds; rerun to
+    # continue (0: no budget)
 
 
 def run_is_finished(folder):
@@ -78,23 +79,15 @@ def kind_options(config, kind):
     return shlex.split(config.ar_options if kind == "ar" else config.diffusion_options)
 
 
-def parse_list(text, name, kind):
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        what = "whole numbers" if kind is int else "numbers"
-        raise UserError(f"--{name} takes {what} separated by commas (e.g. --{name}=1,2,3), not {text!r}") from None
-
-
 def make_grid(config):
     """(folder name, kind, model spec, epochs, seed) of every run, AR's first."""
-    seeds = parse_list(config.seeds, "seeds", int) or [None]
+    seeds = list_items("seeds", config.seeds, int) or [None]
     grid = []
     for kind, epochs_text, models_text in (("ar", config.ar_epochs, config.ar_models),
                                            ("diffusion", config.diffusion_epochs, config.diffusion_models)):
         for model in [m for m in models_text.split(",") if m] or [""]:
             model_options(model)  # checked before anything runs
-            for epochs in parse_list(epochs_text, f"{kind}_epochs", float):
+            for epochs in list_items(f"{kind}_epochs", epochs_text, float):
                 for seed in seeds:
                     name = f"{kind}{'_' + model if model else ''}_e{epochs:g}{f'_s{seed}' if seed is not None else ''}"
                     grid.append((name, kind, model, epochs, seed))

@@ -195,7 +195,12 @@ def test_killed_run_resumes_to_the_same_log(data_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, script, *common, f"--out_dir={killed}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not os.path.exists(killed + "/ckpt.pt") and time.time() < deadline:
+    while time.time() < deadline:  # a fresh run checkpoints at iteration 0: wait for a later one
+        try:
+            if load_checkpoint(killed + "/ckpt.pt")["iter"] > 0:
+                break
+        except UserError:
+            pass
         time.sleep(0.02)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,256 @@
+"""Bad input never costs a run: every option of every script, given a bad value, is one line on stderr and exit
+status 1, with no traceback, and every file in the folders it could touch stays byte-identical."""
+import dataclasses
+import hashlib
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import compare
+import prepare_data
+import sample
+import train_ar
+import train_diffusion
+from cli import run_cli
+from conftest import ROOT, tiny_args
+from trainer import TrainConfig, run
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import elbo_spread  # noqa: E402
+import sweep  # noqa: E402
+
+TRAIN = {"ar": train_ar, "diffusion": train_diffusion}
+
+
+def snapshot(folder):
+    """path -> sha256 of every file under folder."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return files
+
+
+@pytest.fixture(scope="module")
+def victim(tmp_path_factory):
+    """A data folder and a finished AR and diffusion run in it: what a bad command must not damage."""
+    from conftest import make_tiny_data
+    root = tmp_path_factory.mktemp("victim")
+    data_dir = make_tiny_data(root)
+    for kind, script in TRAIN.items():
+        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
+            tiny_args(data_dir, str(root / kind), "--max_iters=20", "--eval_interval=10", "--elbo_samples=2"))
+    return root, data_dir
+
+
+def one_line_error(call, argv, monkeypatch=None):
+    """Run a script's main as its command line does; returns the message it exits with (status 1)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: call(argv))
+    message = exit_info.value.code
+    assert isinstance(message, str), f"{argv}: exit code {message!r}, not a one-line message"
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def argv_main(module):
+    """main() of a script that reads sys.argv."""
+    def call(argv):
+        saved = sys.argv
+        sys.argv = [module.__file__, *argv]
+        try:
+            module.main()
+        finally:
+            sys.argv = saved
+    return call
+
+
+def bad_values(field):
+    """Values that the field's declared rule (or its type) refuses."""
+    rule, kind = field.metadata.get("rule", {}), {"int": int, "float": float}.get(field.type, field.type)
+    if kind is bool or kind == "bool":
+        return ["maybe"]
+    if "choices" in rule:
+        return ["nope"]
+    values = ["abc"] if kind in (int, float) else []
+    if kind is float:
+        values.append("nan")
+    if "items" in rule:
+        values.append("1,x")
+        low = rule.get("low", rule.get("above"))
+        if low is not None:
+            values.append(f"{low - 1:g}")
+        return values
+    if "low" in rule:
+        values.append(f"{rule['low'] - 1:g}")
+    if "above" in rule:
+        values += [f"{rule['above']:g}", f"{rule['above'] - 1:g}"]
+    if "high" in rule:
+        values.append(f"{rule['high'] + 1:g}")
+    if "below" in rule:
+        values.append(f"{rule['below']:g}")
+    return values
+
+
+def scripts(root, data_dir):
+    """(script, its config class, how to call it, the options that make the rest of its command valid)."""
+    import bpe_speed
+    import sample_speed
+    import throughput
+    out = str(root / "ar")
+    train = [(f"train_{kind}.py", TrainConfig,
+              lambda argv, kind=kind: run(kind, TRAIN[kind].CAUSAL, TRAIN[kind].training_loss,
+                                          TRAIN[kind].validation_loss, argv),
+              tiny_args(data_dir, out, "--overwrite", "--max_iters=4")) for kind in TRAIN]
+    return train + [
+        ("sample.py", sample.SampleConfig, sample.main, [f"--ckpt={out}"]),
+        ("prepare_data.py", prepare_data.PrepareConfig, prepare_data.main, [f"--data_dir={data_dir}"]),
+        ("experiments/sweep.py", sweep.SweepConfig, sweep.main, [f"--out={root / 'sweep'}"]),
+        ("compare.py", compare.CompareConfig, compare.main, [out, f"--plot={root / 'p.png'}"]),
+        ("experiments/elbo_spread.py", elbo_spread.SpreadConfig, argv_main(elbo_spread), [f"--ckpt={root}/diffusion"]),
+        ("bench/throughput.py", throughput.BenchConfig, argv_main(throughput), []),
+        ("bench/sample_speed.py", sample_speed.SpeedConfig, argv_main(sample_speed), []),
+        ("bench/bpe_speed.py", bpe_speed.BenchConfig, argv_main(bpe_speed), []),
+    ]
+
+
+def test_every_option_of_every_script_refuses_bad_values_in_one_line(victim):
+    root, data_dir = victim
+    before = snapshot(root)
+    driven = 0
+    for script, config, call, valid in scripts(root, data_dir):
+        for field in dataclasses.fields(config):
+            for value in bad_values(field):
+                argv = [a for a in valid if not a.startswith(f"--{field.name}=")] + [f"--{field.name}={value}"]
+                message = one_line_error(call, argv)
+                assert f"--{field.name}" in message, (script, field.name, value, message)
+                driven += 1
+    assert driven > 150
+    print(f"{driven} bad values driven")
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("extra", [["--n_embd=30", "--n_head=4"], ["--n_embd=36", "--n_head=4"],
+                                   ["--batch_size=0"], ["--eval_interval=0"], ["--epochs=0"], ["--epochs=-1"],
+                                   ["--grad_accum=0"], ["--dropout=1.5"], ["--lr=-1"], ["--elbo_samples=0"],
+                                   ["--eval_batch_size=0"], ["--device=cuda:7"], ["--device=gpu"],
+                                   ["--unique_tokens=99999999"], ["--block_size=100000"]])
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_overwrite_with_a_bad_value_keeps_the_old_run(kind, extra, victim):
+    root, data_dir = victim
+    before = snapshot(root)
+    script = TRAIN[kind]
+    one_line_error(lambda argv: run(kind, script.CAUSAL, script.training_loss, script.validation_loss, argv),
+                   tiny_args(data_dir, str(root / kind), "--overwrite", *extra))
+    assert snapshot(root) == before
+
+
+def corrupt_copy(data_dir, tmp_path, token):
+    """A copy of the tiny data whose train.bin holds `token` at position 5."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    train = np.fromfile(copy / "tiny" / "train.bin", dtype=np.uint16)
+    train[5] = token
+    train.tofile(copy / "tiny" / "train.bin")
+    return str(copy)
+
+
+@pytest.mark.parametrize("token,what", [(256, r"\[MASK\] id"), (300, "past the vocabulary"),
+                                        (65535, "past the vocabulary")])
+def test_token_ids_outside_the_vocabulary_are_named_at_load(token, what, victim, tmp_path):
+    _, data_dir = victim
+    bad = corrupt_copy(data_dir, tmp_path, token)
+    message = one_line_error(lambda argv: run("diffusion", False, train_diffusion.training_loss,
+                                              train_diffusion.validation_loss, argv),
+                             tiny_args(bad, str(tmp_path / "run")))
+    assert f"token id {token}" in message and "re-run prepare_data.py" in message
+    assert pytest.importorskip("re").search(what, message)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_prompt_files_that_are_not_utf8_and_inputs_that_are_not_text(victim, tmp_path):
+    root, data_dir = victim
+    (tmp_path / "prompt.bin").write_bytes(b"The \xff\xfe caf\xe9")
+    message = one_line_error(sample.main, [f"--ckpt={root}/ar", f"--start=FILE:{tmp_path / 'prompt.bin'}"])
+    assert "not UTF-8" in message
+    (tmp_path / "binary.dat").write_bytes(bytes(range(256)) * 40)
+    before = snapshot(tmp_path)
+    message = one_line_error(prepare_data.main, [f"--input={tmp_path / 'binary.dat'}", f"--data_dir={tmp_path / 'd'}"])
+    assert "not text" in message and snapshot(tmp_path) == before
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 na\xefve \xe0 la r\xe9sum\xe9 ".encode("latin-1") * 50)
+    message = one_line_error(prepare_data.main, [f"--input={tmp_path / 'latin1.txt'}", f"--data_dir={tmp_path / 'd'}"])
+    assert "not UTF-8" in message and not os.path.exists(tmp_path / "d")
+
+
+def test_a_folder_without_a_checkpoint_is_reused_and_resume_there_says_start_without_it(victim, tmp_path, capsys):
+    root, data_dir = victim
+    folder = tmp_path / "half"  # what a start killed before its first checkpoint leaves
+    folder.mkdir()
+    shutil.copy(root / "ar" / "log.jsonl", folder / "log.jsonl")
+    shutil.copy(root / "ar" / "best.pt", folder / "best.pt")
+    message = one_line_error(lambda argv: run("ar", True, train_ar.training_loss, train_ar.validation_loss, argv),
+                             tiny_args(data_dir, str(folder), "--resume"))
+    assert "holds no checkpoint" in message and "without --resume" in message
+    run("ar", True, train_ar.training_loss, train_ar.validation_loss,
+        tiny_args(data_dir, str(folder), "--max_iters=6", "--eval_interval=3"))
+    assert "starting afresh there" in capsys.readouterr().out
+    assert sorted(os.listdir(folder)) == ["best.pt", "ckpt.pt", "log.jsonl"]
+    assert [line.count('"iter"') for line in open(folder / "log.jsonl")] == [1, 1, 1]
+
+
+def test_a_fresh_overwrite_replaces_the_old_run_by_its_own_writes(victim, tmp_path):
+    """--overwrite deletes nothing: the new run's iteration-0 best.pt and ckpt.pt replace the old ones, so at any
+    moment the folder holds one loadable run."""
+    from checkpoint import load_checkpoint
+    root, data_dir = victim
+    folder = tmp_path / "run"
+    shutil.copytree(root / "ar", folder)
+    assert load_checkpoint(str(folder / "ckpt.pt"))["iter"] == 20
+    calls = []
+
+    def stops_at_once(*a):
+        calls.append(1)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run("ar", True, stops_at_once, train_ar.validation_loss,
+            tiny_args(data_dir, str(folder), "--overwrite", "--max_iters=8", "--eval_interval=4"))
+    new = load_checkpoint(str(folder / "ckpt.pt"))
+    assert new["iter"] == 0 and new["config"]["max_iters"] == 8 and load_checkpoint(str(folder / "best.pt"))["iter"] == 0
+    assert [line.count('"iter": 0') for line in open(folder / "log.jsonl")] == [1]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train_ar.py", "--batch_size=0"], "--batch_size 0: must be at least 1"),
+    (["sample.py", "--steps=-4"], "--steps -4: must be at least 0"),
+    (["prepare_data.py", "--vocab_size=100", "--tokenizer=bpe"], "--vocab_size 100: must be at least 256 and at most 65534"),
+])
+def test_the_real_command_line_exits_1_with_one_line_on_stderr(argv, expected, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:]], capture_output=True,
+                            text=True, cwd=str(tmp_path))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_every_default_obeys_its_own_rule():
+    import bpe_speed
+    import sample_speed
+    import throughput
+    from cli import check_value
+    for config in [TrainConfig, sample.SampleConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
+                   elbo_spread.SpreadConfig, throughput.BenchConfig, sample_speed.SpeedConfig, bpe_speed.BenchConfig]:
+        instance = config()
+        for field in dataclasses.fields(config):
+            check_value(field.name, getattr(instance, field.name), field.metadata.get("rule", {}))
+            # every number has a declared range, so the test above drives it with values outside it
+            if field.type in (int, float, "int", "float"):
+                assert field.metadata.get("rule"), f"{config.__name__}.{field.name} declares no allowed range"
+    importlib.invalidate_caches()
