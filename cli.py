@@ -4,6 +4,7 @@ and one-line errors for bad input (UserError) instead of tracebacks.
 """
 import difflib
 import math
+import os
 import sys
 from dataclasses import field, fields
 
@@ -18,6 +19,9 @@ def run_cli(main):
         main()
     except UserError as e:
         sys.exit(f"error: {e}")
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def option(default, *, low=None, high=None, above=None, below=None, choices=None, items=None):

@@ -10,6 +10,7 @@ prompt from a file. The checkpoint's kind picks the decoder; its tokenizer decod
 The functions are importable: ar_generate and diffusion_generate take a model and token tensors.
 """
 import codecs
+import contextlib
 import re
 import sys
 from dataclasses import dataclass
@@ -201,65 +202,66 @@ def read_prompt(start):
 
 def main(argv=None):
     """The command line: a bad value met inside the generators (their ValueError) is one line too."""
-    try:
-        generate_from_checkpoint(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def generate_from_checkpoint(argv):
     config = SampleConfig()
-    parse_args(argv, config, doc=__doc__)
+    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
     enc = tokenizer_from_meta(ckpt["meta"])
-    mask_id = model.config.mask_id
-    prompt = encode_prompt(enc, read_prompt(config.start), mask_id)
-    if not prompt and ckpt["kind"] == "ar":
-        raise UserError("--start is empty: the AR model needs at least one prompt token")
+    prompt = encode_prompt(enc, read_prompt(config.start), model.config.mask_id)
     if len(prompt) > model.config.block_size:
         raise UserError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: shorten it")
     generator = torch.Generator().manual_seed(config.seed)
     dtype = pick_dtype("auto", device)  # the training scripts' choice: bf16 on recent GPUs, fp16 on older ones
-    autocast = torch.autocast(device.type, dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    try:
+        with autocast:
+            (sample_ar if ckpt["kind"] == "ar" else sample_diffusion)(model, enc, prompt, config, generator)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
-    if ckpt["kind"] == "ar":
-        if mask_id in prompt:
-            raise UserError("an AR model cannot infill: [MASK] in the prompt needs a diffusion checkpoint")
-        for n in range(config.num_samples):
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            print(enc.decode(prompt), end="", flush=True)
 
-            def stream(token):
-                print(decoder.decode(enc.decode_single_token_bytes(int(token[0]))), end="", flush=True)
+def sample_ar(model, enc, prompt, config, generator):
+    """num_samples continuations of the prompt, each streamed to the terminal token by token."""
+    if not prompt:
+        raise UserError("--start is empty: the AR model needs at least one prompt token")
+    if model.config.mask_id in prompt:
+        raise UserError("an AR model cannot infill: [MASK] in the prompt needs a diffusion checkpoint")
+    for _ in range(config.num_samples):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+        print(enc.decode(prompt), end="", flush=True)
 
-            idx = torch.tensor([prompt], device=device)
-            with autocast:
-                ar_generate(model, idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
-                            generator, use_cache=not config.no_cache, on_token=stream)
-            print(decoder.decode(b"", final=True))
-            print("-" * 60)
-        return
+        def stream(token):
+            print(decoder.decode(enc.decode_single_token_bytes(int(token[0]))), end="", flush=True)
 
+        idx = torch.tensor([prompt], device=model.embed.weight.device)
+        ar_generate(model, idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
+                    generator, use_cache=not config.no_cache, on_token=stream)
+        print(decoder.decode(b"", final=True))
+        print("-" * 60)
+
+
+def sample_diffusion(model, enc, prompt, config, generator):
+    """num_samples fills of the prompt's masks and of gen_length new tokens, printed when done (and every step
+    of the first with --show)."""
+    mask_id, block_size = model.config.mask_id, model.config.block_size
     gen_length = config.gen_length
     if gen_length < 0:  # the rest of the context, in whole blocks
-        gen_length = model.config.block_size - len(prompt)
+        gen_length = block_size - len(prompt)
         gen_length -= gen_length % config.block_length if config.block_length else 0
-    if len(prompt) + gen_length > model.config.block_size:
+    if len(prompt) + gen_length > block_size:
         raise UserError(f"prompt ({len(prompt)}) + --gen_length ({gen_length}) is longer than the context "
-                        f"({model.config.block_size}): shorten one")
-    steps = config.steps or gen_length or prompt.count(mask_id)
+                        f"({block_size}): shorten one")
     if gen_length == 0 and mask_id not in prompt:
         raise UserError("--gen_length=0 only fills [MASK]s in the prompt, and the prompt has none")
-    x = torch.tensor([prompt + [mask_id] * gen_length] * config.num_samples, device=device)
+    steps = config.steps or gen_length or prompt.count(mask_id)
+    x = torch.tensor([prompt + [mask_id] * gen_length] * config.num_samples, device=model.embed.weight.device)
 
     def show(x, step):
         print(f"step {step:3d} | {render(enc, x[0].tolist(), mask_id)}")
 
-    with autocast:
-        out = diffusion_generate(model, x, len(prompt), steps, config.block_length, config.temperature,
-                                 config.remasking, generator, on_step=show if config.show else None)
+    out = diffusion_generate(model, x, len(prompt), steps, config.block_length, config.temperature,
+                             config.remasking, generator, on_step=show if config.show else None)
     for row in out.tolist():
         print(enc.decode(row))
         print("-" * 60)
