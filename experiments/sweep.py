@@ -155,7 +155,7 @@ def main(argv=None):
         left = config.time_budget_s - (time.time() - t_start)
         while pending and len(running) < config.jobs and (not config.time_budget_s or left > 0):
             folder, cmd = pending.pop(0)
-            cmd += [f"--stop_after_s={left:.0f}"] if config.time_budget_s else []
+            cmd += [f"--stop_after_s={max(left, 0.01):.2f}"] if config.time_budget_s else []  # 0 would mean none
             os.makedirs(folder, exist_ok=True)
             print("running:", " ".join(cmd[1:]), flush=True)
             log = open(os.path.join(folder, "stdout.txt"), "a")
