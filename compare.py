@@ -134,7 +134,7 @@ def main(argv=None):
     options = CompareConfig()
     parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)
     if not folders:
-        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=compare.png] [--logx]")
+        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--logx]")
     rows = [summarize(folder) for folder in folders]
     print(format_table(rows))
     print(verdict(rows))

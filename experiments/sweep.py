@@ -95,12 +95,11 @@ def make_grid(config):
 
 
 def print_plan(grid, config, extra):
-    """Each run's size and training FLOPs (6 N + attention per token, times epochs x U) before anything runs."""
+    """Each run's size and training FLOPs (6 N + attention per token, times epochs x U) before anything runs;
+    building it checks every run's training options."""
     from model import ModelConfig, Transformer
     from trainer import TrainConfig, load_meta
-    total_flops = 0.0
-    print(f"{'run':<28} {'params':>8} {'FLOPs/token':>12} {'train tokens':>13} {'FLOPs':>9}"
-          + (f" {'est. time':>10}" if config.assumed_tflops else ""))
+    rows = []
     for name, kind, model, epochs, _ in grid:
         train = TrainConfig()
         parse_args(extra + kind_options(config, kind) + model_options(model), train)
@@ -109,17 +108,17 @@ def print_plan(grid, config, extra):
             net = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
                                           n_head=train.n_head, n_embd=train.n_embd, causal=kind == "ar"))
         tokens = epochs * config.unique_tokens
-        flops = net.flops_per_token() * tokens
-        total_flops += flops
-        line = f"{name:<28} {net.num_params() / 1e6:>7.2f}M {net.flops_per_token() / 1e6:>11.1f}M {tokens:>13,.0f} " \
-               f"{flops:>9.2e}"
-        if config.assumed_tflops:
-            line += f" {flops / (config.assumed_tflops * 1e12) / 60:>9.1f}m"
-        print(line)
-    estimate = (f", about {total_flops / (config.assumed_tflops * 1e12) / 60:.0f} min at "
-                f"{config.assumed_tflops:g} TFLOP/s achieved (an assumption; evaluation and compilation extra)"
-                if config.assumed_tflops else "")
-    print(f"plan: {len(grid)} runs, {total_flops:.2e} training FLOPs{estimate}", flush=True)
+        rows.append((name, net.num_params(), net.flops_per_token(), tokens, net.flops_per_token() * tokens))
+    rate = config.assumed_tflops * 1e12
+    print(f"{'run':<28} {'params':>8} {'FLOPs/token':>12} {'train tokens':>13} {'FLOPs':>9}"
+          + (f" {'est. time':>10}" if rate else ""))
+    for name, params, per_token, tokens, flops in rows:
+        print(f"{name:<28} {params / 1e6:>7.2f}M {per_token / 1e6:>11.1f}M {tokens:>13,.0f} {flops:>9.2e}"
+              + (f" {flops / rate / 60:>9.1f}m" if rate else ""))
+    total = sum(row[-1] for row in rows)
+    estimate = (f", about {total / rate / 60:.0f} min at {config.assumed_tflops:g} TFLOP/s achieved (an assumption; "
+                f"evaluation and compilation extra)" if rate else "")
+    print(f"plan: {len(grid)} runs, {total:.2e} training FLOPs{estimate}", flush=True)
 
 
 def main(argv=None):
