@@ -7,6 +7,7 @@ Train the autoregressive model: causal attention, next-token loss.
 The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model AR.
 `diff train_ar.py train_diffusion.py` shows everything that differs between the two.
 """
+import torch
 import torch.nn.functional as F
 
 from trainer import main
@@ -30,6 +31,20 @@ def validation_loss(model, windows, window_ids, config, mask_id):
         logits = model(batch[:, :-1])
         nats += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
     return nats, windows[:, 1:].numel()
+
+
+def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
+    """Exact -log p(continuation | context) per row, in nats: the chain rule over the continuation's tokens."""
+    if contexts.shape[1] == 0:
+        raise ValueError("an AR model needs at least one context token to score a continuation")
+    x = torch.cat([contexts, continuations], dim=1)
+    C, nats = contexts.shape[1], []
+    for i in range(0, len(x), config.eval_batch_size):
+        batch = x[i:i + config.eval_batch_size]
+        logits = model(batch[:, :-1])[:, C - 1:]  # the predictions of the continuation's tokens
+        nll = F.cross_entropy(logits.flatten(0, 1), batch[:, C:].flatten(), reduction="none")
+        nats.append(nll.view(len(batch), -1).sum(dim=1).double().cpu())
+    return torch.cat(nats)
 
 
 if __name__ == "__main__":

@@ -29,26 +29,47 @@ def training_loss(model, windows, noise, mask_id):
     return (nll * masked / t[:, None]).sum() / x.numel()
 
 
-def validation_loss(model, windows, window_ids, config, mask_id):
-    """ELBO bound on the NLL (same formula, no gradient): K = config.elbo_samples stratified t per window,
-    t_k = EPS + (1 - EPS) * (k + u) / K, masks from a generator seeded by the window's id, so the same
-    checkpoint always gives the same number. Returns (K-averaged weighted nats summed over windows, tokens)."""
-    K, T = config.elbo_samples, windows.shape[1] - 1
-    rows_x, rows_t, rows_mask = [], [], []
-    for x, window_id in zip(windows[:, :-1], window_ids.tolist()):
-        gen = torch.Generator().manual_seed(config.eval_seed * 1_000_003 + window_id)
+def masked_elbo(model, x, maskable, seeds, config, mask_id):
+    """Per-row ELBO bound on -log p of the maskable tokens of x (B, T) given the rest, in nats: K =
+    config.elbo_samples stratified t_k = EPS + (1 - EPS) * (k + u) / K, each maskable token masked with
+    probability t_k by a generator seeded by the row's seed, loss sum_{masked} -log p / t_k averaged over k."""
+    K, (B, T) = config.elbo_samples, x.shape
+    rows_t, rows_mask = [], []
+    for seed, row_maskable in zip(seeds, maskable.cpu()):
+        gen = torch.Generator().manual_seed(seed)
         u = torch.rand(1, generator=gen)
         rows_t.append(EPS + (1 - EPS) * (torch.arange(K) + u) / K)
-        rows_mask.append(torch.rand(K, T, generator=gen) < rows_t[-1][:, None])
-        rows_x.append(x.expand(K, T))
-    x, t, masked = torch.cat(rows_x), torch.cat(rows_t).to(windows.device), torch.cat(rows_mask).to(windows.device)
-    nats = 0.0
-    for i in range(0, len(x), config.eval_batch_size):
+        rows_mask.append((torch.rand(K, T, generator=gen) < rows_t[-1][:, None]) & row_maskable)
+    t, masked = torch.cat(rows_t).to(x.device), torch.cat(rows_mask).to(x.device)
+    x = x.repeat_interleave(K, dim=0)  # row r's K samples are rows r * K ... r * K + K - 1
+    nats = torch.zeros(B * K, dtype=torch.float64)
+    for i in range(0, B * K, config.eval_batch_size):
         part = slice(i, i + config.eval_batch_size)
         logits = model(torch.where(masked[part], mask_id, x[part]))
         nll = F.cross_entropy(logits.flatten(0, 1), x[part].flatten(), reduction="none").view_as(x[part])
-        nats += (nll * masked[part] / t[part, None]).sum().item()
-    return nats / K, windows.shape[0] * T
+        nats[part] = (nll * masked[part] / t[part, None]).sum(dim=1).double().cpu()
+    return nats.view(B, K).mean(dim=1)
+
+
+def validation_loss(model, windows, window_ids, config, mask_id):
+    """ELBO bound on the NLL (the training loss's formula, no gradient) over every token of each window, with
+    masks seeded by the window's id, so the same checkpoint always gives the same number. Returns (nats summed
+    over windows, tokens)."""
+    x = windows[:, :-1]
+    seeds = [config.eval_seed * 1_000_003 + int(w) for w in window_ids]
+    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, config, mask_id)
+    return nats.sum().item(), x.numel()
+
+
+def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
+    """Bound on -log p(continuation | context) per row, in nats: the conditional ELBO, only the continuation's
+    positions masked. The masks are seeded by the item's id, so every choice of an item sees the same masks and a
+    checkpoint always gives the same answer. With an empty context it is validation_loss's formula."""
+    x = torch.cat([contexts, continuations], dim=1)
+    maskable = torch.zeros_like(x, dtype=torch.bool)
+    maskable[:, contexts.shape[1]:] = True
+    seeds = [config.eval_seed * 1_000_003 + int(i) for i in item_ids]
+    return masked_elbo(model, x, maskable, seeds, config, mask_id)
 
 
 if __name__ == "__main__":

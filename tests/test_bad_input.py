@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import compare
+import evaluate
 import prepare_data
 import sample
 import train_ar
@@ -112,6 +113,7 @@ def scripts(root, data_dir):
               tiny_args(data_dir, out, "--overwrite", "--max_iters=4")) for kind in TRAIN]
     return train + [
         ("sample.py", sample.SampleConfig, sample.main, [f"--ckpt={out}"]),
+        ("evaluate.py", evaluate.EvalConfig, evaluate.main, [f"--ckpt={out}"]),
         ("prepare_data.py", prepare_data.PrepareConfig, prepare_data.main, [f"--data_dir={data_dir}"]),
         ("experiments/sweep.py", sweep.SweepConfig, sweep.main, [f"--out={root / 'sweep'}"]),
         ("compare.py", compare.CompareConfig, compare.main, [out, f"--plot={root / 'p.png'}"]),
@@ -245,7 +247,7 @@ def test_every_default_obeys_its_own_rule():
     import sample_speed
     import throughput
     from cli import check_value
-    for config in [TrainConfig, sample.SampleConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
+    for config in [TrainConfig, sample.SampleConfig, evaluate.EvalConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
                    elbo_spread.SpreadConfig, throughput.BenchConfig, sample_speed.SpeedConfig, bpe_speed.BenchConfig]:
         instance = config()
         for field in dataclasses.fields(config):

@@ -1,0 +1,92 @@
+"""
+Score a checkpoint on the validation loss and the multiple-choice continuation test (downstream.py).
+
+    python evaluate.py --ckpt out/ar                       # a run folder (best.pt, else ckpt.pt) or a file
+    python evaluate.py --ckpt out/diffusion --mc_items=1000
+
+The validation loss is the run's own (AR: exact NLL; diffusion: ELBO with K = the run's --elbo_samples) on the
+run's validation windows; the test uses the same K for diffusion's conditional ELBO.
+"""
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+import downstream
+import train_ar
+import train_diffusion
+from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
+from cli import UserError, option, parse_args, run_cli
+from trainer import TrainConfig, load_meta, load_tokens, val_windows
+
+SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = "out/ar"
+    data_dir: str = ""  # default: the run's
+    dataset: str = ""  # default: the run's
+    eval_windows: int = option(-1, low=-1)  # validation windows (-1: the run's; 0: all)
+    mc_items: int = option(500, low=1)
+    mc_context: int = option(0, low=0)  # context tokens (0: 64 for bytes, 48 for BPE)
+    mc_continuation: int = option(0, low=0)  # continuation tokens (0: 24 for bytes, 16 for BPE)
+    mc_choices: int = option(4, low=2)
+    mc_seed: int = option(0, low=0)
+    device: str = "auto"
+
+
+def load_run(config):
+    """(checkpoint, its training config, data folder, meta) with the data checked against the checkpoint."""
+    ckpt = load_checkpoint(config.ckpt)
+    train = TrainConfig(**ckpt["config"])
+    data_dir = os.path.join(config.data_dir or train.data_dir, config.dataset or train.dataset)
+    meta = load_meta(data_dir)
+    if meta["n_vocab"] != ckpt["model_args"]["n_vocab"] or meta.get("ranks_sha256") != ckpt["meta"].get("ranks_sha256"):
+        raise UserError(f"{data_dir} holds another tokenizer's tokens than {config.ckpt} was trained on: "
+                        f"give the run's data with --data_dir and --dataset")
+    return ckpt, train, data_dir, meta
+
+
+def show_progress(done, total):
+    print(f"\r  multiple choice: {done}/{total} items", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    config = EvalConfig()
+    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
+    ckpt, train, data_dir, meta = load_run(config)
+    context_len, continuation_len = downstream.default_lengths(meta)
+    context_len, continuation_len = config.mc_context or context_len, config.mc_continuation or continuation_len
+    if context_len + continuation_len > train.block_size:
+        raise UserError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
+                        f"model's context ({train.block_size})")
+    if config.eval_windows >= 0:
+        train.eval_windows = config.eval_windows
+    device = pick_device(config.device)
+    model = model_from_checkpoint(ckpt, device)
+    script, mask_id = SCRIPTS[ckpt["kind"]], model.config.mask_id
+    val_tokens = load_tokens(data_dir, "val", meta)
+    print(f"{config.ckpt} ({ckpt['kind']}, {model.num_params() / 1e6:.2f}M parameters, iteration {ckpt['iter']}, "
+          f"epoch {ckpt['epoch']:.1f})")
+
+    with torch.no_grad():
+        windows = val_windows(val_tokens, train.block_size, train.eval_windows)
+        nats, count = script.validation_loss(model, windows.to(device), torch.arange(len(windows)), train, mask_id)
+        kind_of_loss = "exact NLL" if ckpt["kind"] == "ar" else f"ELBO, K = {train.elbo_samples}"
+        print(f"val loss: {nats / count:.4f} nats/token ({len(windows)} windows; {kind_of_loss})"
+              + (f", {nats / count / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
+        items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len,
+                                       config.mc_choices, config.mc_seed)
+        acc, se, chance = downstream.accuracy(
+            items, lambda c, x, ids: script.continuation_nll(model, c.to(device), x.to(device), ids, train, mask_id),
+            progress=show_progress)
+    print(f"multiple choice: {acc:.3f} +- {se:.3f} ({config.mc_items} items, {config.mc_choices} choices: chance "
+          f"{chance:.3f}; context {context_len}, continuation {continuation_len} tokens)")
+    return {"val_loss": nats / count, "mc_accuracy": acc, "mc_se": se, "chance": chance}
+
+
+if __name__ == "__main__":
+    run_cli(main)

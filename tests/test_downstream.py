@@ -1,0 +1,104 @@
+"""The multiple-choice continuation test: items, the scoring rule, the diffusion conditional ELBO, evaluate.py."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import downstream
+import evaluate
+import train_ar
+import train_diffusion
+from cli import UserError
+from model import ModelConfig, Transformer
+from trainer import TrainConfig
+
+
+def val_tokens(n=5000, seed=0):
+    return np.random.default_rng(seed).integers(0, 200, n).astype(np.uint16)
+
+
+def test_items_are_deterministic_and_no_distractor_is_the_answer():
+    val = val_tokens()
+    a = downstream.build_items(val, 500, 20, 8, seed=3)
+    b = downstream.build_items(val, 500, 20, 8, seed=3)
+    assert all(torch.equal(x, y) for x, y in [(a.contexts, b.contexts), (a.choices, b.choices), (a.answers, b.answers)])
+    assert a.contexts.shape == (500, 20) and a.choices.shape == (500, 4, 8)
+    assert not torch.equal(a.answers, downstream.build_items(val, 500, 20, 8, seed=4).answers)
+    val64 = torch.from_numpy(val.astype(np.int64))
+    for i in range(500):
+        true = a.choices[i, a.answers[i]]
+        text = torch.cat([a.contexts[i], true])
+        starts = [s for s in range(len(val) - 27) if torch.equal(val64[s:s + 28], text)]
+        assert starts, "the context and the true continuation are consecutive val tokens"
+        for j in range(4):
+            if j != a.answers[i]:
+                assert not torch.equal(a.choices[i, j], true)
+    assert sorted(torch.bincount(a.answers, minlength=4).tolist())[0] > 80  # the answer's place is spread
+
+
+def test_a_scorer_that_knows_gets_one_and_a_uniform_one_gets_chance():
+    items = downstream.build_items(val_tokens(), 600, 16, 8, seed=1)
+    def knows(contexts, continuations, ids):  # NLL 0 for each item's own true continuation, 1 for the rest
+        truth = items.choices[ids, items.answers[ids]]
+        return (~(continuations == truth).all(dim=1)).double()
+    acc, se, chance = downstream.accuracy(items, knows)
+    assert (acc, se, chance) == (1.0, 0.0, 0.25)
+    acc, se, _ = downstream.accuracy(items, lambda c, x, ids: torch.zeros(len(x)))
+    assert abs(acc - 0.25) < 3 * se and se == pytest.approx(math.sqrt(acc * (1 - acc) / 600))
+
+
+def tiny(causal):
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(n_vocab=200, block_size=32, n_layer=2, n_head=2, n_embd=32, causal=causal)).eval()
+
+
+def test_the_conditional_elbo_is_repeatable_and_with_no_context_is_the_validation_elbo():
+    model, config = tiny(False), TrainConfig(elbo_samples=16, eval_batch_size=24)
+    windows = torch.from_numpy(val_tokens(5 * 33).astype(np.int64)).view(5, 33)
+    ids = torch.tensor([3, 8, 1, 0, 42])
+    with torch.no_grad():
+        empty = torch.zeros(5, 0, dtype=torch.long)
+        a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config, 200)
+        b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config, 200)
+        nats, count = train_diffusion.validation_loss(model, windows, ids, config, 200)
+        # with a context, only the continuation is masked: its bound differs, and it depends on the context
+        c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, config, 200)
+        d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, config, 200)
+    assert torch.equal(a, b) and a.sum().item() == pytest.approx(nats, rel=1e-12) and count == 5 * 32
+    assert (c > 0).all() and not torch.allclose(c, d)
+
+
+def test_ar_continuation_nll_is_the_chain_rule():
+    model, config = tiny(True), TrainConfig(eval_batch_size=3)
+    x = torch.from_numpy(val_tokens(4 * 20).astype(np.int64)).view(4, 20)
+    with torch.no_grad():
+        nll = train_ar.continuation_nll(model, x[:, :12], x[:, 12:], torch.arange(4), config, 200)
+        logp = torch.log_softmax(model(x[:, :-1]), dim=-1)
+    direct = -sum(logp[:, i - 1].gather(1, x[:, i:i + 1]).squeeze(1) for i in range(12, 20))
+    torch.testing.assert_close(nll.float(), direct, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one context token"):
+        train_ar.continuation_nll(model, x[:, :0], x, torch.arange(4), config, 200)
+
+
+def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
+    """evaluate.py's validation loss of best.pt is the best loss the run logged, to the printed digit."""
+    import json
+    from conftest import make_tiny_data, tiny_args
+    from trainer import run
+    data_dir = make_tiny_data(tmp_path)
+    for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
+        out = str(tmp_path / kind)
+        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
+            tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10", "--elbo_samples=4"))
+        capsys.readouterr()
+        result = evaluate.main([f"--ckpt={out}", "--mc_items=40", "--mc_context=12", "--mc_continuation=6"])
+        best = min(json.loads(line)["val_loss"] for line in open(f"{out}/log.jsonl"))
+        assert result["val_loss"] == pytest.approx(best, rel=1e-6)
+        printed = capsys.readouterr().out
+        assert f"val loss: {best:.4f} nats/token" in printed and "chance 0.250" in printed
+        assert 0 <= result["mc_accuracy"] <= 1 and result["chance"] == 0.25
+    with pytest.raises(UserError, match="longer than the model's context"):
+        evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
+    with pytest.raises(UserError, match="too short"):
+        evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_items=100000", "--mc_context=12", "--mc_continuation=6"])
