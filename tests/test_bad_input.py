@@ -24,6 +24,7 @@ from trainer import TrainConfig, run
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import elbo_spread  # noqa: E402
+import sample_quality  # noqa: E402
 import sweep  # noqa: E402
 
 TRAIN = {"ar": train_ar, "diffusion": train_diffusion}
@@ -118,6 +119,8 @@ def scripts(root, data_dir):
         ("experiments/sweep.py", sweep.SweepConfig, sweep.main, [f"--out={root / 'sweep'}"]),
         ("compare.py", compare.CompareConfig, compare.main, [out, f"--plot={root / 'p.png'}"]),
         ("experiments/elbo_spread.py", elbo_spread.SpreadConfig, argv_main(elbo_spread), [f"--ckpt={root}/diffusion"]),
+        ("experiments/sample_quality.py", sample_quality.QualityConfig, sample_quality.main,
+         [f"--ref={out}", f"--runs={out}"]),
         ("bench/throughput.py", throughput.BenchConfig, argv_main(throughput), []),
         ("bench/sample_speed.py", sample_speed.SpeedConfig, argv_main(sample_speed), []),
         ("bench/bpe_speed.py", bpe_speed.BenchConfig, argv_main(bpe_speed), []),
@@ -248,7 +251,7 @@ def test_every_default_obeys_its_own_rule():
     import throughput
     from cli import check_value
     for config in [TrainConfig, sample.SampleConfig, evaluate.EvalConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
-                   elbo_spread.SpreadConfig, throughput.BenchConfig, sample_speed.SpeedConfig, bpe_speed.BenchConfig]:
+                   elbo_spread.SpreadConfig, sample_quality.QualityConfig, throughput.BenchConfig, sample_speed.SpeedConfig, bpe_speed.BenchConfig]:
         instance = config()
         for field in dataclasses.fields(config):
             check_value(field.name, getattr(instance, field.name), field.metadata.get("rule", {}))

@@ -102,3 +102,32 @@ def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
         evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
     with pytest.raises(UserError, match="too short"):
         evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_items=100000", "--mc_context=12", "--mc_continuation=6"])
+
+
+def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition(tmp_path, capsys):
+    import os
+    import sys
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from conftest import ROOT, make_tiny_data, tiny_args
+    from trainer import load_meta, load_tokens, run
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import sample_quality
+    data_dir = make_tiny_data(tmp_path)
+    for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
+        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
+            tiny_args(data_dir, str(tmp_path / kind), "--max_iters=200", "--eval_interval=100", "--elbo_samples=2",
+                      "--lr=3e-3"))
+    ref = model_from_checkpoint(load_checkpoint(str(tmp_path / "ar")))
+    train = torch.from_numpy(load_tokens(f"{data_dir}/tiny", "train", load_meta(f"{data_dir}/tiny"))[:16 * 24]
+                             .astype(np.int64)).view(16, 24)
+    shuffled = train.flatten()[torch.randperm(train.numel(), generator=torch.Generator().manual_seed(0))].view(16, 24)
+    learned = sample_quality.gen_ppl(ref, train[:, :8], train[:, 8:])
+    assert learned < 0.5 * sample_quality.gen_ppl(ref, train[:, :8], shuffled[:, 8:])
+    assert sample_quality.unigram_entropy_bits(torch.arange(8).repeat(5)) == pytest.approx(3.0)
+    assert sample_quality.unigram_entropy_bits(torch.full((40,), 7)) == 0.0
+    rows = sample_quality.main([f"--ref={tmp_path / 'ar'}", f"--runs={tmp_path / 'ar'},{tmp_path / 'diffusion'}",
+                                "--samples=4", "--new_tokens=16", "--fractions=0.25,1", "--block_length=8"])
+    assert [(r["decoder"], r["steps"]) for r in rows] == [("AR, KV cache", 16), ("diffusion", 4), ("diffusion", 16)]
+    assert all(r["gen_ppl"] > 1 and 0 < r["entropy_bits"] <= 8 and r["tokens_per_s"] > 0 for r in rows)
+    with pytest.raises(UserError, match="must be AR"):
+        sample_quality.main([f"--ref={tmp_path / 'diffusion'}", f"--runs={tmp_path / 'ar'}"])
