@@ -35,16 +35,24 @@ def summarize(folder):
     best = min(records, key=lambda r: r["val_loss"])
     last = records[-1]
     bytes_tokens = "val_bits_per_byte" in last
-    return {"run": os.path.basename(os.path.normpath(folder)), "kind": last["kind"], "params": last["n_params"],
-            "unique_tokens": last["unique_tokens"], "epochs": last["epoch"], "best_val": best["val_loss"],
-            "best_epoch": best["epoch"], "final_val": last["val_loss"], "tokens": last["tokens"],
-            "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records}
+    row = {"run": os.path.basename(os.path.normpath(folder)), "kind": last["kind"], "params": last["n_params"],
+           "unique_tokens": last["unique_tokens"], "epochs": last["epoch"], "best_val": best["val_loss"],
+           "best_epoch": best["epoch"], "final_val": last["val_loss"], "tokens": last["tokens"],
+           "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records, "best_acc": None}
+    scored = [r for r in records if r.get("mc_accuracy") is not None]
+    if scored:  # the multiple-choice accuracy: its best, and at the best-loss checkpoint (best.pt)
+        top = max(scored, key=lambda r: r["mc_accuracy"])
+        row.update(best_acc=top["mc_accuracy"], best_acc_se=top["mc_se"], best_acc_epoch=top["epoch"],
+                   acc_at_best_val=best.get("mc_accuracy"))
+    return row
 
 
 def format_table(rows):
     bpb = all(r["bits_per_byte"] for r in rows)
+    acc = any(r["best_acc"] is not None for r in rows)
     head = (f"{'run':<22} {'kind':<9} {'params':>7} {'unique':>9} {'epochs':>7} {'best val':>9} {'@epoch':>7} "
-            f"{'final val':>9} {'tokens':>11} {'wall':>7}" + (f" {'best bits/byte':>14}" if bpb else ""))
+            f"{'final val':>9} {'tokens':>11} {'wall':>7}" + (f" {'best bits/byte':>14}" if bpb else "")
+            + (f" {'best acc':>8} {'@epoch':>7} {'acc@best val':>12}" if acc else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         line = (f"{r['run'][:22]:<22} {r['kind']:<9} {r['params'] / 1e6:>6.2f}M {r['unique_tokens']:>9,} "
@@ -52,8 +60,12 @@ def format_table(rows):
                 f"{r['tokens']:>11,} {r['wall_s'] / 60:>6.1f}m")
         if bpb:
             line += f" {r['best_val'] / math.log(2):>14.4f}"
+        if acc and r["best_acc"] is not None:
+            at_best = f"{r['acc_at_best_val']:.3f}" if r["acc_at_best_val"] is not None else "-"
+            line += f" {r['best_acc']:>8.3f} {r['best_acc_epoch']:>7.1f} {at_best:>12}"
         lines.append(line)
-    lines.append("val loss in nats/token: AR exact NLL, diffusion ELBO (an upper bound on its NLL)")
+    lines.append("val loss in nats/token: AR exact NLL, diffusion ELBO (an upper bound on its NLL)"
+                 + ("; acc: multiple-choice continuation accuracy (chance 0.25)" if acc else ""))
     return "\n".join(lines)
 
 
@@ -79,8 +91,20 @@ def verdict(rows):
         ar, df = best["ar"]["best_val"], best["diffusion"]["best_val"]
         lower, higher = ("diffusion", "AR") if df < ar else ("AR", "diffusion")
         gap = abs(ar - df)
-        lines.append(f"lower: {lower}, by {gap:.4f} nats/token ({100 * gap / max(ar, df):.1f}% of {higher}'s best; "
-                     f"AR {ar:.4f} in {best['ar']['run']}, diffusion {df:.4f} in {best['diffusion']['run']})")
+        lines.append(f"by validation loss: {lower} lower, by {gap:.4f} nats/token ({100 * gap / max(ar, df):.1f}% of "
+                     f"{higher}'s best; AR {ar:.4f} in {best['ar']['run']}, diffusion {df:.4f} in "
+                     f"{best['diffusion']['run']})")
+    top = {}
+    for r in rows:
+        if r["best_acc"] is not None and (r["kind"] not in top or r["best_acc"] > top[r["kind"]]["best_acc"]):
+            top[r["kind"]] = r
+    if len(top) == 2:
+        ar, df = top["ar"], top["diffusion"]
+        higher = "diffusion" if df["best_acc"] > ar["best_acc"] else "AR"
+        se = math.sqrt(ar["best_acc_se"] ** 2 + df["best_acc_se"] ** 2)
+        lines.append(f"by multiple-choice accuracy: {higher} higher, by {abs(df['best_acc'] - ar['best_acc']):.3f} "
+                     f"(+- {se:.3f} standard error of the difference; AR {ar['best_acc']:.3f} at epoch "
+                     f"{ar['best_acc_epoch']:.1f}, diffusion {df['best_acc']:.3f} at epoch {df['best_acc_epoch']:.1f})")
     return "\n".join(lines)
 
 
@@ -92,17 +116,33 @@ def plot(rows, path, logx=False):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(8, 5))
+    with_acc = any(r["best_acc"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(14 if with_acc else 8, 5), squeeze=False)
+    ax = axes[0][0]
     used = {"ar": 0, "diffusion": 0}
     for r in rows:
         color = COLORS[r["kind"]][used[r["kind"]] % 5]
         used[r["kind"]] += 1
+        if with_acc:
+            scored = [(x["epoch"], x["mc_accuracy"]) for x in r["records"] if x.get("mc_accuracy") is not None]
+            if scored:
+                axes[0][1].plot(*zip(*scored), color=color, marker=".", label=f"{r['run']} ({r['kind']})")
         epochs = [x["epoch"] for x in r["records"]]
         ax.plot(epochs, [x["val_loss"] for x in r["records"]], color=color, marker=".",
                 label=f"{r['run']} ({r['kind']}) val, best {r['best_val']:.3f}")
         train = [(x["epoch"], x["train_loss"]) for x in r["records"] if x["train_loss"] is not None]
         if train:
             ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{r['run']} train")
+    if with_acc:
+        acc_ax = axes[0][1]
+        acc_ax.axhline(0.25, color="grey", linestyle=":", label="chance")
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("multiple-choice continuation accuracy")
+        acc_ax.set_title("downstream: accuracy vs epoch")
+        acc_ax.grid(alpha=0.3)
+        acc_ax.legend(fontsize=8)
+        if logx:
+            acc_ax.set_xscale("symlog", linthresh=1)
     if logx:
         ax.set_xscale("symlog", linthresh=1)
     unit = "nats/token (bytes: nats/byte)" if all(r["bits_per_byte"] for r in rows) else "nats/token"

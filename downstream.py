@@ -21,9 +21,17 @@ class Items:
     answers: torch.Tensor  # (N,)
 
 
-def default_lengths(meta):
-    """(context, continuation) lengths in tokens: 64 / 24 for bytes, 48 / 16 for BPE tokens (~3 bytes each)."""
-    return (64, 24) if meta["tokenizer"] == "bytes" else (48, 16)
+def item_lengths(meta, config):
+    """(context, continuation) lengths in tokens: config.mc_context / mc_continuation, or by default 64 / 24 for
+    bytes and 48 / 16 for BPE tokens (~3 bytes each), shrunk in proportion when the model's context is shorter."""
+    default_context, default_continuation = (64, 24) if meta["tokenizer"] == "bytes" else (48, 16)
+    shrink = min(1.0, config.block_size / (default_context + default_continuation))
+    context_len = config.mc_context or max(int(default_context * shrink), 1)
+    continuation_len = config.mc_continuation or max(int(default_continuation * shrink), 1)
+    if context_len + continuation_len > config.block_size:
+        raise UserError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
+                        f"context ({config.block_size}): shorten them")
+    return context_len, continuation_len
 
 
 def build_items(val_tokens, n_items, context_len, continuation_len, n_choices=4, seed=0):

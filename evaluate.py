@@ -31,10 +31,10 @@ class EvalConfig:
     dataset: str = ""  # default: the run's
     eval_windows: int = option(-1, low=-1)  # validation windows (-1: the run's; 0: all)
     mc_items: int = option(500, low=1)
-    mc_context: int = option(0, low=0)  # context tokens (0: 64 for bytes, 48 for BPE)
-    mc_continuation: int = option(0, low=0)  # continuation tokens (0: 24 for bytes, 16 for BPE)
+    mc_context: int = option(0, low=0)  # context tokens (0: the run's; by default 64 for bytes, 48 for BPE)
+    mc_continuation: int = option(0, low=0)  # continuation tokens (0: the run's; by default 24 / 16)
     mc_choices: int = option(4, low=2)
-    mc_seed: int = option(0, low=0)
+    mc_seed: int = option(-1, low=-1)  # which items (-1: the run's eval_seed, as in its log)
     device: str = "auto"
 
 
@@ -58,11 +58,9 @@ def main(argv=None):
     config = EvalConfig()
     parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
     ckpt, train, data_dir, meta = load_run(config)
-    context_len, continuation_len = downstream.default_lengths(meta)
-    context_len, continuation_len = config.mc_context or context_len, config.mc_continuation or continuation_len
-    if context_len + continuation_len > train.block_size:
-        raise UserError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
-                        f"model's context ({train.block_size})")
+    train.mc_context = config.mc_context or train.mc_context
+    train.mc_continuation = config.mc_continuation or train.mc_continuation
+    context_len, continuation_len = downstream.item_lengths(meta, train)
     if config.eval_windows >= 0:
         train.eval_windows = config.eval_windows
     device = pick_device(config.device)
@@ -79,7 +77,7 @@ def main(argv=None):
         print(f"val loss: {nats / count:.4f} nats/token ({len(windows)} windows; {kind_of_loss})"
               + (f", {nats / count / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
         items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len,
-                                       config.mc_choices, config.mc_seed)
+                                       config.mc_choices, train.eval_seed if config.mc_seed < 0 else config.mc_seed)
         acc, se, chance = downstream.accuracy(
             items, lambda c, x, ids: script.continuation_nll(model, c.to(device), x.to(device), ids, train, mask_id),
             progress=show_progress)

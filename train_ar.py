@@ -48,4 +48,4 @@ def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
 
 
 if __name__ == "__main__":
-    main(KIND, CAUSAL, training_loss, validation_loss)
+    main(KIND, CAUSAL, training_loss, validation_loss, continuation_nll)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+import downstream
 from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype
 from model import ModelConfig, Transformer, shape_problem
 from cli import UserError, option, parse_args, run_cli
@@ -58,6 +59,11 @@ class TrainConfig:
     eval_batch_size: int = option(64, low=1)
     elbo_samples: int = option(32, low=1)  # K stratified t values per window for the diffusion ELBO
     eval_seed: int = option(1234, low=0)
+    mc_items: int = option(200, low=0)  # multiple-choice continuation items scored at every evaluation (0: off)
+    mc_samples: int = option(4, low=1)  # K for diffusion's conditional ELBO there (evaluate.py uses elbo_samples)
+    mc_context: int = option(0, low=0)  # context tokens of an item (0: 64 for bytes, 48 for BPE, less if the
+    # context length needs it)
+    mc_continuation: int = option(0, low=0)  # continuation tokens (0: 24 for bytes, 16 for BPE)
     # output
     out_dir: str = ""  # default: out/<kind>
     ckpt_interval: int = option(0, low=0)  # iterations between checkpoints (0: at every evaluation)
@@ -370,7 +376,11 @@ def load_data(config, ckpt):
     check_token_ids(val_tokens, meta, os.path.join(data_dir, "val.bin"))
     ends = document_ends(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
     windows = Windows(tokens, config.block_size, config.seed, config.random_offsets, ends)
-    return meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows)
+    items = None
+    if config.mc_items:
+        context_len, continuation_len = downstream.item_lengths(meta, config)
+        items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len, seed=config.eval_seed)
+    return meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows), items
 
 
 def setup_processes(config):
@@ -458,6 +468,18 @@ def evaluate(job):
     return (totals[0] / totals[1]).item()
 
 
+def multiple_choice(job):
+    """(accuracy, standard error) on the multiple-choice items, scored on rank 0 (the others wait at the next
+    step); diffusion uses K = mc_samples here, to keep the cost near a tenth of training."""
+    model, config = job.raw_model, dataclasses.replace(job.config, elbo_samples=job.config.mc_samples)
+    model.eval()
+    with torch.no_grad(), job.autocast:
+        acc, se, _ = downstream.accuracy(job.items, lambda c, x, ids: job.continuation_nll(
+            model, c.to(job.device), x.to(job.device), ids, config, model.config.mask_id))
+    model.train()
+    return acc, se
+
+
 def evaluate_and_log(job):
     """Evaluate, append one line to log.jsonl, print it, and keep best.pt when the run improved."""
     state, it = job.state, job.state["iter"]
@@ -476,12 +498,15 @@ def evaluate_and_log(job):
               "elapsed_s": round(time.time() - job.t_start + state["elapsed_before"], 1)}
     if job.bits_per_byte:
         record["val_bits_per_byte"] = val_loss / math.log(2)
+    if job.items is not None and job.master:
+        record["mc_accuracy"], record["mc_se"] = multiple_choice(job)
     if job.master:
         with open(os.path.join(job.config.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if job.bits_per_byte else ""
+        mc = f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else ""
         print(f"eval iter {it} | epoch {epoch:.2f} | train {'-' if train_loss is None else f'{train_loss:.4f}'} | "
-              f"val {val_loss:.4f} nats/token{unit}{' | best' if is_best else ''}")
+              f"val {val_loss:.4f} nats/token{unit}{mc}{' | best' if is_best else ''}")
     if is_best:
         save_checkpoint(job, os.path.join(job.config.out_dir, "best.pt"), best_only=True)
 
@@ -530,11 +555,12 @@ def print_progress(job, loss, seconds, iters):
           f"{tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
 
 
-def run(kind, causal, training_loss, validation_loss, argv=None):
-    """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options."""
+def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nll=None):
+    """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options.
+    With the kind's continuation_nll, every evaluation also logs the multiple-choice accuracy (downstream.py)."""
     config, ckpt = configure(kind, sys.argv[1:] if argv is None else argv)
     check_config(config)
-    meta, windows, val = load_data(config, ckpt)
+    meta, windows, val, items = load_data(config, ckpt)
     env = setup_processes(config)
     if env.master:
         check_output_folder(config, ckpt)
@@ -546,7 +572,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
         else config.eval_interval
     job = SimpleNamespace(**vars(env), kind=kind, config=config, meta=meta, windows=windows, val=val, model=model,
                           raw_model=raw_model, optimizer=optimizer, state=state, training_loss=training_loss,
-                          validation_loss=validation_loss, micro_rows=micro_rows, total_iters=total_iters,
+                          validation_loss=validation_loss, continuation_nll=continuation_nll,
+                          items=items if continuation_nll else None, micro_rows=micro_rows, total_iters=total_iters,
                           n_params=raw_model.num_params(), peak=peak_flops(env.device), t_start=time.time(),
                           bits_per_byte=meta["tokenizer"] == "bytes" and meta.get("eot_id") is None)
     if env.master:
@@ -595,9 +622,9 @@ def run(kind, causal, training_loss, validation_loss, argv=None):
     return state
 
 
-def main(kind, causal, training_loss, validation_loss):
+def main(kind, causal, training_loss, validation_loss, continuation_nll):
     """Entry point of a training script: a UserError becomes one line on stderr and exit status 1."""
     try:
-        run_cli(lambda: run(kind, causal, training_loss, validation_loss))
+        run_cli(lambda: run(kind, causal, training_loss, validation_loss, continuation_nll=continuation_nll))
     except KeyboardInterrupt:
         sys.exit("interrupted: the last checkpoint is kept; continue with --resume")

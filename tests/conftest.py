@@ -11,7 +11,7 @@ from prepare_data import prepare  # noqa: E402
 
 # a tiny model that trains in seconds on CPU
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_windows=8",
-        "--eval_batch_size=64", "--log_interval=1000", "--warmup_iters=5"]
+        "--eval_batch_size=64", "--log_interval=1000", "--warmup_iters=5", "--mc_items=0"]
 
 
 def tiny_text(n_words=3000, seed=0):

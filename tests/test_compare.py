@@ -130,7 +130,7 @@ def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
                AR_MODELS="1x32x2,2x32x2", DIFFUSION_MODELS="1x32x2", AR_EPOCHS="1", DIFFUSION_EPOCHS="3",
                BUDGET="600", OMP_NUM_THREADS="1",
-               TRAIN="--block_size=32 --batch_size=8 --eval_windows=4 --elbo_samples=2 --device=cpu")
+               TRAIN="--block_size=32 --batch_size=8 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
     result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -193,7 +193,7 @@ def test_verdict_tells_each_trajectory_and_the_gap(tmp_path):
     lines = text.splitlines()
     assert lines[0] == "ar (ar): best 2.5000 at epoch 4.0 of 8.0, then climbed to 3.5000 by the end (+1.0000)"
     assert lines[1] == "df (diffusion): still improving at its end: best 2.4000 at epoch 8.0 of 8.0"
-    assert lines[2].startswith("lower: diffusion, by 0.1000 nats/token (4.0% of AR's best")
+    assert lines[2].startswith("by validation loss: diffusion lower, by 0.1000 nats/token (4.0% of AR's best")
     assert "lower" not in compare.verdict([compare.summarize(str(tmp_path / "ar"))])
 
 
@@ -203,3 +203,26 @@ def test_default_plot_goes_under_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     compare.main([str(tmp_path / "ar")])
     assert os.path.isfile(tmp_path / "out" / "compare.png") and not os.path.exists(tmp_path / "compare.png")
+
+
+def test_accuracy_columns_verdict_and_second_panel(tmp_path):
+    def with_acc(folder, accs):
+        lines = [json.loads(line) for line in open(folder / "log.jsonl")]
+        with open(folder / "log.jsonl", "w") as f:
+            for r, a in zip(lines, accs):
+                f.write(json.dumps(dict(r, mc_accuracy=a, mc_se=0.02)) + "\n")
+    write_run(tmp_path / "ar", "ar", [5.0, 3.0, 2.5, 2.7, 3.5])
+    write_run(tmp_path / "df", "diffusion", [5.5, 3.5, 2.9, 2.6, 2.4])
+    with_acc(tmp_path / "ar", [0.25, 0.30, 0.33, 0.36, 0.35])  # still rising after its best loss (epoch 4)
+    with_acc(tmp_path / "df", [0.25, 0.28, 0.30, 0.31, 0.34])
+    rows = [compare.summarize(str(tmp_path / "ar")), compare.summarize(str(tmp_path / "df"))]
+    assert (rows[0]["best_acc"], rows[0]["best_acc_epoch"], rows[0]["acc_at_best_val"]) == (0.36, 6.0, 0.33)
+    table = compare.format_table(rows).splitlines()
+    assert table[0].endswith("best acc  @epoch acc@best val")
+    assert table[2].split()[-3:] == ["0.360", "6.0", "0.330"] and table[3].split()[-3:] == ["0.340", "8.0", "0.340"]
+    verdict = compare.verdict(rows).splitlines()[-1]
+    assert verdict.startswith("by multiple-choice accuracy: AR higher, by 0.020 (+- 0.028")
+    pytest.importorskip("matplotlib")
+    compare.main([str(tmp_path / "ar"), str(tmp_path / "df"), f"--plot={tmp_path / 'two.png'}"])
+    import matplotlib.image
+    assert matplotlib.image.imread(str(tmp_path / "two.png")).shape[1] > 1500  # two panels side by side

@@ -98,7 +98,7 @@ def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert f"val loss: {best:.4f} nats/token" in printed and "chance 0.250" in printed
         assert 0 <= result["mc_accuracy"] <= 1 and result["chance"] == 0.25
-    with pytest.raises(UserError, match="longer than the model's context"):
+    with pytest.raises(UserError, match="longer than the context"):
         evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
     with pytest.raises(UserError, match="too short"):
         evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_items=100000", "--mc_context=12", "--mc_continuation=6"])
