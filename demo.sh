@@ -13,8 +13,9 @@ python3 train_diffusion.py "${COMMON[@]}" --epochs=300 --eval_epochs=30 --log_in
 python3 compare.py out/ar out/diffusion
 cat <<'TEXT'
 
-What it takes to see diffusion cross below AR: more compute per unique token than a CPU gives in minutes. On this
-setting 600 diffusion epochs (10 minutes) come within 0.5% of AR; the map of every CPU setting tried is in
-docs/RESULTS.md, and experiments/gpu_recipe.sh is the recipe for one GPU (offline, about 20 minutes expected on an
-H100). Sample from both: python sample.py --ckpt out/ar --start "The "   (and --ckpt out/diffusion --show)
+What it takes to see diffusion cross below AR: more compute per unique token than a CPU gives in minutes. The
+closest setting measured so far (docs/RESULTS.md, with every CPU setting tried): Python source, 150,000 unique BPE
+tokens, where diffusion ties an AR model of its own size over three seeds, though a larger AR is lower.
+experiments/gpu_recipe.sh is the recipe for one GPU (offline; about 20 minutes expected on an H100, not yet run).
+Sample from both: python sample.py --ckpt out/ar --start "The "   (and --ckpt out/diffusion --show)
 TEXT
