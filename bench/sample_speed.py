@@ -13,19 +13,15 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import ModelConfig, Transformer, shape_problem  # noqa: E402
+from shape import ModelShape, random_model  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from cli import list_items, option, parse_args, run_cli  # noqa: E402
 from checkpoint import pick_device  # noqa: E402
 
 
 @dataclass
-class SpeedConfig:
-    n_layer: int = option(4, low=1)
-    n_head: int = option(4, low=1)
-    n_embd: int = option(128, low=2)
+class SpeedConfig(ModelShape):
     block_size: int = option(1024, low=2)
-    n_vocab: int = option(256, low=1, high=65535)
     new_tokens: int = option(512, low=1)
     gen_length: int = option(256, low=1)  # diffusion
     steps: str = option("32,64,128,256", items=int, low=1)
@@ -46,14 +42,10 @@ def timed(fn):
 def main():
     config = SpeedConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
-    if shape_problem(config.n_embd, config.n_head):
-        raise UserError(shape_problem(config.n_embd, config.n_head))
     device = pick_device(config.device)
     torch.manual_seed(0)
-    shape = dict(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer, n_head=config.n_head,
-                 n_embd=config.n_embd)
-    ar = Transformer(ModelConfig(causal=True, **shape)).to(device).eval()
-    diffusion = Transformer(ModelConfig(causal=False, **shape)).to(device).eval()
+    ar = random_model(config, True, device).eval()
+    diffusion = random_model(config, False, device).eval()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name} | {config.n_layer} layers x {config.n_embd}, context {config.block_size}, batch 1")
     print(f"{'decoder':<34} {'tokens/s':>10} {'seconds':>8}")

@@ -18,19 +18,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
-from model import ModelConfig, Transformer, shape_problem  # noqa: E402
-from cli import UserError, option, parse_args, run_cli  # noqa: E402
+from shape import ModelShape, random_model  # noqa: E402
+from cli import option, parse_args, run_cli  # noqa: E402
 from checkpoint import pick_device, pick_dtype  # noqa: E402
 from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops  # noqa: E402
 
 
 @dataclass
-class BenchConfig:
-    n_layer: int = option(4, low=1)
-    n_head: int = option(4, low=1)
-    n_embd: int = option(128, low=2)
+class BenchConfig(ModelShape):
     block_size: int = option(128, low=1)
-    n_vocab: int = option(256, low=1, high=65535)
     batch_size: int = option(16, low=1)
     steps: int = option(20, low=1)
     warmup: int = option(3, low=0)
@@ -42,8 +38,7 @@ class BenchConfig:
 
 def bench(kind, script, config, device, dtype):
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_vocab=config.n_vocab, block_size=config.block_size, n_layer=config.n_layer,
-                                    n_head=config.n_head, n_embd=config.n_embd, causal=script.CAUSAL)).to(device)
+    model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
     step_model = torch.compile(model) if config.compile else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -80,8 +75,6 @@ def bench(kind, script, config, device, dtype):
 def main():
     config = BenchConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
-    if shape_problem(config.n_embd, config.n_head):
-        raise UserError(shape_problem(config.n_embd, config.n_head))
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     if device.type == "cuda":
