@@ -8,7 +8,6 @@ The validation loss is the run's own (AR: exact NLL; diffusion: ELBO with K = th
 run's validation windows; the test uses the same K for diffusion's conditional ELBO.
 """
 import math
-import os
 import sys
 from dataclasses import dataclass
 
@@ -18,8 +17,8 @@ import downstream
 import train_ar
 import train_diffusion
 from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
-from cli import UserError, option, parse_args, run_cli
-from trainer import TrainConfig, load_meta, load_tokens, val_windows
+from cli import option, parse_args, run_cli
+from trainer import load_tokens, run_data, val_windows
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
@@ -38,18 +37,6 @@ class EvalConfig:
     device: str = "auto"
 
 
-def load_run(config):
-    """(checkpoint, its training config, data folder, meta) with the data checked against the checkpoint."""
-    ckpt = load_checkpoint(config.ckpt)
-    train = TrainConfig(**ckpt["config"])
-    data_dir = os.path.join(config.data_dir or train.data_dir, config.dataset or train.dataset)
-    meta = load_meta(data_dir)
-    if meta["n_vocab"] != ckpt["model_args"]["n_vocab"] or meta.get("ranks_sha256") != ckpt["meta"].get("ranks_sha256"):
-        raise UserError(f"{data_dir} holds another tokenizer's tokens than {config.ckpt} was trained on: "
-                        f"give the run's data with --data_dir and --dataset")
-    return ckpt, train, data_dir, meta
-
-
 def show_progress(done, total):
     print(f"\r  multiple choice: {done}/{total} items", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
@@ -57,7 +44,8 @@ def show_progress(done, total):
 def main(argv=None):
     config = EvalConfig()
     parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
-    ckpt, train, data_dir, meta = load_run(config)
+    ckpt = load_checkpoint(config.ckpt)
+    train, data_dir, meta = run_data(ckpt, config.data_dir, config.dataset)
     train.mc_context = config.mc_context or train.mc_context
     train.mc_continuation = config.mc_continuation or train.mc_continuation
     context_len, continuation_len = downstream.item_lengths(meta, train)

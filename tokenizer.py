@@ -175,6 +175,13 @@ def portable_meta(meta, data_dir):
         return dict(meta, ranks_text=f.read())
 
 
+def same_tokenizer(meta, other):
+    """Whether two metas (a data folder's, a checkpoint's) describe the same tokens: name, size and, for a bpe,
+    the very same ranks."""
+    return (meta["tokenizer"], meta["n_vocab"], meta.get("ranks_sha256")) == \
+        (other["tokenizer"], other["n_vocab"], other.get("ranks_sha256"))
+
+
 def tokenizer_from_meta(meta, data_dir=None):
     """The Encoding that a data folder's meta.json (give its data_dir) or a checkpoint's saved meta describes."""
     if meta["tokenizer"] == "bpe":

@@ -20,7 +20,7 @@ import downstream
 from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype
 from model import ModelConfig, Transformer, shape_problem
 from cli import UserError, option, parse_args, run_cli
-from tokenizer import portable_meta
+from tokenizer import portable_meta, same_tokenizer
 
 
 @dataclass
@@ -148,6 +148,24 @@ class Windows:
             start = int(starts[int(g) % self.n])
             rows.append(tokens[start:start + self.block_size + 1])
         return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+def check_run_data(ckpt, meta, data_dir):
+    """A checkpoint continues or is scored only on data of its own tokenizer."""
+    if not same_tokenizer(ckpt["meta"], meta):
+        raise UserError(f"the checkpoint's tokenizer ({ckpt['meta']['tokenizer']}, {ckpt['meta']['n_vocab']} "
+                        f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): give the "
+                        f"run's own data")
+
+
+def run_data(ckpt, data_dir=None, dataset=None):
+    """(the run's training config, its data folder, that folder's meta) for a checkpoint, checked against it;
+    data_dir and dataset replace the run's own."""
+    config = TrainConfig(**ckpt["config"])
+    folder = os.path.join(data_dir or config.data_dir, dataset or config.dataset)
+    meta = load_meta(folder)
+    check_run_data(ckpt, meta, folder)
+    return config, folder, meta
 
 
 def check_token_ids(tokens, meta, path):
@@ -366,11 +384,8 @@ def load_data(config, ckpt):
     if config.epoch_order == "documents" and meta.get("eot_id") is None:
         raise UserError(f"--epoch_order=documents needs data with document boundaries, and {data_dir} has none: "
                         f"prepare it with `python prepare_data.py --dataset python`")
-    if ckpt is not None and (ckpt["meta"].get("ranks_sha256") != meta.get("ranks_sha256")
-                             or ckpt["model_args"]["n_vocab"] != meta["n_vocab"]):
-        raise UserError(f"the checkpoint's tokenizer ({ckpt['meta']['tokenizer']}, {ckpt['model_args']['n_vocab']} "
-                        f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): same data "
-                        f"as the run, please")
+    if ckpt is not None:
+        check_run_data(ckpt, meta, data_dir)
     tokens = train_tokens[:unique_tokens]
     check_token_ids(tokens, meta, os.path.join(data_dir, "train.bin"))
     check_token_ids(val_tokens, meta, os.path.join(data_dir, "val.bin"))

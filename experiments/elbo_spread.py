@@ -17,7 +17,7 @@ import torch  # noqa: E402
 import train_diffusion  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
-from trainer import TrainConfig, load_meta, load_tokens, val_windows  # noqa: E402
+from trainer import load_tokens, run_data, val_windows  # noqa: E402
 
 
 @dataclass
@@ -34,9 +34,7 @@ def main():
     ckpt = load_checkpoint(config.ckpt)
     if ckpt["kind"] != "diffusion":
         raise UserError(f"{config.ckpt} is an AR checkpoint: its validation NLL is exact, with no spread")
-    train_config = TrainConfig(**ckpt["config"])
-    data_dir = os.path.join(train_config.data_dir, train_config.dataset)
-    meta = load_meta(data_dir)
+    train_config, data_dir, meta = run_data(ckpt)
     windows = val_windows(load_tokens(data_dir, "val", meta), train_config.block_size, train_config.eval_windows)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)

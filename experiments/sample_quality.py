@@ -25,7 +25,8 @@ import train_ar  # noqa: E402
 from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
-from trainer import TrainConfig, load_meta, load_tokens  # noqa: E402
+from tokenizer import same_tokenizer  # noqa: E402
+from trainer import TrainConfig, load_tokens, run_data  # noqa: E402
 
 
 @dataclass
@@ -64,8 +65,7 @@ def load_runs(config, device):
     runs = []
     for path in [p for p in config.runs.split(",") if p]:
         ckpt = load_checkpoint(path)
-        if ckpt["model_args"]["n_vocab"] != ref_ckpt["model_args"]["n_vocab"] or \
-                ckpt["meta"].get("ranks_sha256") != ref_ckpt["meta"].get("ranks_sha256"):
+        if not same_tokenizer(ckpt["meta"], ref_ckpt["meta"]):
             raise UserError(f"{path} and the reference {config.ref} use different tokenizers: give runs on one data")
         runs.append((path, ckpt["kind"], model_from_checkpoint(ckpt, device)))
     if not runs:
@@ -75,9 +75,8 @@ def load_runs(config, device):
 
 def val_prompts(ref_ckpt, config):
     """config.samples prompts: prompt_tokens val tokens each, from evenly spread places of the reference's val."""
-    train = TrainConfig(**ref_ckpt["config"])
-    data_dir = os.path.join(train.data_dir, train.dataset)
-    val = torch.from_numpy(load_tokens(data_dir, "val", load_meta(data_dir)).astype("int64"))
+    _, data_dir, meta = run_data(ref_ckpt)
+    val = torch.from_numpy(load_tokens(data_dir, "val", meta).astype("int64"))
     starts = torch.linspace(0, len(val) - config.prompt_tokens - 1, config.samples).long()
     return torch.stack([val[s:s + config.prompt_tokens] for s in starts])
 
