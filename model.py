@@ -96,7 +96,6 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.causal = config.causal
-        self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
@@ -118,8 +117,9 @@ class Attention(nn.Module):
                 # a chunk after a cached prefix: query i sees keys up to start + i
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 is_causal = False
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+        # no dropout on the attention weights: SDPA draws it from each process's own stream, and a DDP run must
+        # draw exactly the masks of one process (shared_dropout below, on the residual branches, can)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -134,6 +134,16 @@ class MLP(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
 
 
+def shared_dropout(x, p, share):
+    """Dropout whose mask is drawn for the whole global batch and then sliced to this process's rows: share =
+    (rank, world_size), x holds rows rank * B ... (rank + 1) * B - 1 of it. Every process draws the same global mask
+    from the same seeded stream, so N processes drop exactly what one process with N times the batch drops."""
+    rank, world_size = share
+    B = x.shape[0]
+    keep = torch.empty((B * world_size, *x.shape[1:]), device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep[rank * B:(rank + 1) * B] / (1 - p)
+
+
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -141,11 +151,14 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+    def forward(self, x, cos, sin, cache=None, layer=0, share=(0, 1)):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer), share)
+        return x + self.drop(self.mlp(self.mlp_norm(x)), share)
+
+    def drop(self, y, share):
+        return shared_dropout(y, self.dropout, share) if self.training and self.dropout else y
 
 
 class Transformer(nn.Module):
@@ -158,10 +171,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # 0 for the tokenizer's tokens, -inf for [MASK] and padding: they are never a prediction
-        logit_bias = torch.zeros(config.vocab_size)
-        logit_bias[config.n_vocab:] = float("-inf")
-        self.register_buffer("logit_bias", logit_bias, persistent=False)
+        self.dropout_share = (0, 1)  # (rank, world_size) of a DDP run: see shared_dropout
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("down.weight"):
@@ -185,12 +195,13 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, i)
+            x = block(x, cos, sin, cache, i, self.dropout_share)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
-        logits = F.linear(x, self.embed.weight)  # tied input/output embeddings
-        return logits.float() + self.logit_bias
+        logits = F.linear(x, self.embed.weight).float()  # tied input/output embeddings; one float32 copy
+        logits[..., self.config.n_vocab:] = float("-inf")  # [MASK] and padding are never a prediction (in place)
+        return logits
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -66,7 +66,9 @@ class TrainConfig:
     mc_continuation: int = option(0, low=0)  # continuation tokens (0: 24 for bytes, 16 for BPE)
     # output
     out_dir: str = ""  # default: out/<kind>
-    ckpt_interval: int = option(0, low=0)  # iterations between checkpoints (0: at every evaluation)
+    # iterations between checkpoints (0: at every evaluation); there is always one at the end and at a stop. best.pt
+    # is written beside each checkpoint when the run has improved since the last (the best weights wait in memory)
+    ckpt_interval: int = option(0, low=0)
     log_interval: int = option(25, low=1)
     resume: bool = False
     stop_after_s: float = option(0.0, low=0)  # if > 0: checkpoint and stop after this many seconds (then --resume)
@@ -79,8 +81,9 @@ class TrainConfig:
     compile: bool = False
 
 
-# fields a resumed run may change; everything else must match the checkpoint's config
-RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "compile", "log_interval", "stop_after_s"}
+# fields a resumed run may change when the command line gives them; everything else must match the checkpoint's
+# config, and whatever the command line does not give keeps its saved value
+RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "dtype", "compile", "log_interval", "stop_after_s"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -215,28 +218,25 @@ def make_optimizer(model, config, device_type):
 
 # ----------------------------------------------------------------------------- devices and processes
 
-# dense bf16 (fp16 on T4) tensor-core peak FLOP/s, for MFU; an unknown GPU gets no MFU rather than a wrong one
-PEAK_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
-              ("A10", 125e12), ("L4", 121e12), ("T4", 65e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
+# dense bf16 tensor-core peak FLOP/s with float32 accumulation (fp16 on a T4), from the vendors' data sheets, by the
+# exact name torch reports, for MFU; a GPU not listed (an H100 NVL, an A10G...) gets no MFU rather than a wrong one
+PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+              "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12, "NVIDIA A10": 125e12,
+              "Tesla T4": 65e12, "NVIDIA GeForce RTX 4090": 82.6e12, "NVIDIA GeForce RTX 3090": 35.6e12}
 
 
 def peak_flops(device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS:
-        if key in name:
-            return flops
-    return None
+    return PEAK_FLOPS.get(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
-def setup_distributed():
-    """(rank, world_size, local_rank); a torchrun launch starts DDP (NCCL on CUDA, gloo on CPU)."""
+def setup_distributed(device):
+    """(rank, world_size, local_rank); a torchrun launch starts DDP: NCCL when the run's device is a GPU, gloo
+    when it is the CPU (also on a host with GPUs)."""
     if "RANK" not in os.environ:
         return 0, 1, 0
     import torch.distributed as dist
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -248,12 +248,17 @@ def all_reduce_sum(values, world_size):
     return values
 
 
-def out_of_time(t_start, limit_s, device, world_size):
-    """Whether rank 0 has run for limit_s seconds; every process gets rank 0's answer, so all stop together."""
-    late = torch.tensor([float(time.time() - t_start >= limit_s)], device=device)
-    if world_size > 1:
-        import torch.distributed as dist
-        dist.broadcast(late, src=0)
+def out_of_time(job, iters_done):
+    """Whether rank 0 has run for --stop_after_s seconds. In DDP every process gets rank 0's answer, so all stop
+    together; that costs a sync, so they ask only every log_interval iterations."""
+    late = time.time() - job.t_start >= job.config.stop_after_s
+    if job.world_size == 1:
+        return late
+    if iters_done % job.config.log_interval:
+        return False
+    import torch.distributed as dist
+    late = torch.tensor([float(late)], device=job.device)
+    dist.broadcast(late, src=0)
     return bool(late.item())
 
 
@@ -266,35 +271,63 @@ def fmt_time(seconds):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def rng_state():
+def rng_state(device):
     # torch's generators only: dropout draws from them; the data order and the diffusion noise come from
-    # generators seeded per epoch and per step, so they need no saved state
+    # generators seeded per epoch and per step, so they need no saved state. On a GPU, only the run's own
+    # device's generator: a host with fewer GPUs can resume it
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
+    """Restore rng_state's generators; the GPU's only when the run was saved on a GPU and continues on one."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # checkpoints before this version: every visible GPU's state
+        cuda = cuda[min(device.index or 0, len(cuda) - 1)] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
-def save_checkpoint(job, path, best_only=False):
-    """The weights, config and data meta (best.pt); plus, for ckpt.pt, everything --resume needs to continue
-    exactly: optimizer, scaler, loop state and every process's RNG state. Rank 0 writes."""
-    ckpt = {"kind": job.kind, "model_args": job.raw_model.model_args(), "model": job.raw_model.state_dict(),
-            "config": dataclasses.asdict(job.config), "meta": job.meta, "iter": job.state["iter"],
-            "epoch": job.state["windows_seen"] / job.windows.n, "best_val": job.state["best_val"]}
-    if not best_only:
-        rngs = [rng_state()]
-        if job.world_size > 1:
-            import torch.distributed as dist
-            rngs = [None] * job.world_size
-            dist.all_gather_object(rngs, rng_state())
-        state = dict(job.state, elapsed_before=job.state["elapsed_before"] + time.time() - job.t_start)
-        ckpt.update(optimizer=job.optimizer.state_dict(), scaler=job.scaler.state_dict(), state=state, rng=rngs)
-    if job.master:
-        atomic_save(ckpt, path)
+def save_checkpoint(job):
+    """ckpt.pt: everything --resume needs to continue exactly (weights, optimizer, scaler, loop state, every
+    process's RNG state, the number format). Before it, best.pt when the run has improved since the last save (its
+    weights waited in memory). Nothing non-finite is ever saved: the NaN check runs first. Rank 0 writes."""
+    check_finite(job)
+    fold_train_loss(job)
+    rngs = [rng_state(job.device)]
+    if job.world_size > 1:
+        import torch.distributed as dist
+        rngs = [None] * job.world_size
+        dist.all_gather_object(rngs, rng_state(job.device))
+    if not job.master:
+        return
+    common = {"kind": job.kind, "model_args": job.raw_model.model_args(), "config": dataclasses.asdict(job.config),
+              "meta": job.meta}
+    if job.best is not None:
+        atomic_save(dict(common, **job.best), os.path.join(job.config.out_dir, "best.pt"))
+        job.best = None
+    state = dict(job.state, elapsed_before=job.state["elapsed_before"] + time.time() - job.t_start)
+    atomic_save(dict(common, model=job.raw_model.state_dict(), iter=state["iter"],
+                     epoch=state["windows_seen"] / job.windows.n, best_val=state["best_val"],
+                     optimizer=job.optimizer.state_dict(), scaler=job.scaler.state_dict(), state=state, rng=rngs,
+                     dtype=str(job.dtype).replace("torch.", "")),
+                os.path.join(job.config.out_dir, "ckpt.pt"))
+
+
+def fold_train_loss(job):
+    """Add the training losses summed on the device since the last fold to the run's state (a sync: logs and saves
+    only)."""
+    job.state["train_loss_sum"] += float(job.pending_loss)
+    job.pending_loss.zero_()
+
+
+def check_finite(job):
+    """Stop (UserError) if any training loss so far was NaN or infinite; a sync, so only at logs and saves."""
+    bad = int(job.first_nonfinite_iter)
+    if bad >= 0:
+        raise UserError(f"loss is not finite at iteration {bad}: stopped; the last good checkpoint in "
+                        f"{job.config.out_dir} is kept (try a lower --lr)")
 
 
 # ----------------------------------------------------------------------------- the diffusion noise
@@ -337,7 +370,7 @@ def configure(kind, argv):
     given = parse_args(argv, config, doc=sys.modules["__main__"].__doc__)
     config.out_dir = config.out_dir or os.path.join("out", kind)
     if not config.resume:
-        return config, None
+        return config, None, given
     ckpt_path = os.path.join(config.out_dir, "ckpt.pt")
     if not os.path.isfile(ckpt_path):
         raise UserError(f"--resume: {config.out_dir} holds no checkpoint to continue (no ckpt.pt): start the run "
@@ -352,9 +385,9 @@ def configure(kind, argv):
     if changed:
         raise UserError(f"--resume continues the saved config; these options differ from it: "
                         f"{', '.join('--' + k for k in sorted(changed))}")
-    for k in RESUME_MAY_CHANGE:
+    for k in given | {"resume", "overwrite", "out_dir"}:  # the folder it was found in, not the one it was saved in
         setattr(saved, k, getattr(config, k))
-    return saved, ckpt
+    return saved, ckpt, given
 
 
 def check_config(config):
@@ -398,14 +431,39 @@ def load_data(config, ckpt):
     return meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows), items
 
 
-def setup_processes(config):
+def runs_natively(dtype, device):
+    """Whether a number format is native on a device: bf16 needs compute capability 8.0 (a T4 only emulates it),
+    and a CPU trains in float32."""
+    if device.type != "cuda":
+        return dtype == torch.float32
+    return dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def number_format(config, ckpt, given, device):
+    """The run's dtype. A resumed run keeps the format it was saved in unless --dtype says otherwise or this
+    device cannot run it natively; any change is said in one line (the numbers then differ slightly from an
+    uninterrupted run's)."""
+    saved = ckpt.get("dtype") if ckpt is not None else None
+    if saved is None or "dtype" in given:
+        dtype = pick_dtype(config.dtype, device)
+    else:
+        dtype = getattr(torch, saved)
+        if not runs_natively(dtype, device):
+            dtype = pick_dtype("auto", device)
+    if saved is not None and str(dtype) != f"torch.{saved}":
+        print(f"note: the run was saved in {saved} and continues in {str(dtype).replace('torch.', '')} on "
+              f"{device.type}: from here on it differs slightly from an uninterrupted run")
+    return dtype
+
+
+def setup_processes(config, ckpt, given):
     """This process's place in a DDP job, its device, and the mixed-precision pieces: autocast and grad scaler."""
-    rank, world_size, local_rank = setup_distributed()
     device = pick_device(config.device)
+    rank, world_size, local_rank = setup_distributed(device)
     if world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = number_format(config, ckpt, given, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -460,9 +518,11 @@ def build_model(config, meta, causal, env, ckpt):
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        env.scaler.load_state_dict(ckpt["scaler"])
+        if env.scaler.is_enabled() and ckpt["scaler"]:  # a float16 run's loss scale (empty in other formats)
+            env.scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
-        set_rng_state(ckpt["rng"][min(env.rank, len(ckpt["rng"]) - 1)])
+        set_rng_state(ckpt["rng"][min(env.rank, len(ckpt["rng"]) - 1)], env.device)
+    raw_model.dropout_share = (env.rank, env.world_size)
     model = torch.compile(raw_model) if config.compile else raw_model
     if env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -498,7 +558,9 @@ def multiple_choice(job):
 def evaluate_and_log(job):
     """Evaluate, append one line to log.jsonl, print it, and keep best.pt when the run improved."""
     state, it = job.state, job.state["iter"]
+    check_finite(job)
     val_loss = evaluate(job)
+    fold_train_loss(job)
     train_loss = state["train_loss_sum"] / state["train_loss_count"] if state["train_loss_count"] else None
     state.update(train_loss_sum=0.0, train_loss_count=0, evaluated_iter=it)
     is_best = val_loss < state["best_val"]
@@ -521,21 +583,22 @@ def evaluate_and_log(job):
         unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if job.bits_per_byte else ""
         mc = f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else ""
         print(f"eval iter {it} | epoch {epoch:.2f} | train {'-' if train_loss is None else f'{train_loss:.4f}'} | "
-              f"val {val_loss:.4f} nats/token{unit}{mc}{' | best' if is_best else ''}")
-    if is_best:
-        save_checkpoint(job, os.path.join(job.config.out_dir, "best.pt"), best_only=True)
+              f"val {val_loss:.4f} nats/token{unit}{mc}{' | best' if is_best else ''}", flush=True)
+    if is_best and job.master:  # written to best.pt with the next checkpoint
+        job.best = {"model": {k: v.detach().to("cpu", copy=True) for k, v in job.raw_model.state_dict().items()},
+                    "iter": it, "epoch": epoch, "best_val": val_loss}
 
 
 def train_step(job):
     """One optimizer step over grad_accum micro-batches (gradients synced across processes on the last one);
     returns the mean training loss over all processes."""
-    config, state, it = job.config, job.state, job.state["iter"]
+    config, it = job.config, job.state["iter"]
     for group in job.optimizer.param_groups:
         group["lr"] = lr_at(it, config, job.total_iters)
     loss_sum = torch.zeros((), device=job.device)
     rows = slice(job.rank * config.batch_size, (job.rank + 1) * config.batch_size)  # this process's share
     for micro in range(config.grad_accum):
-        first_slot = state["windows_seen"] + micro * job.micro_rows
+        first_slot = job.state["windows_seen"] + micro * job.micro_rows
         batch = job.windows.get(range(first_slot + rows.start, first_slot + rows.stop))
         batch = batch.pin_memory().to(job.device, non_blocking=True) if job.device.type == "cuda" else batch
         noise = TrainingNoise(config.seed, it, micro, job.micro_rows, rows, config.block_size, job.device)
@@ -544,39 +607,39 @@ def train_step(job):
             loss = job.training_loss(job.model, batch, noise, job.raw_model.config.mask_id) / config.grad_accum
         job.scaler.scale(loss).backward()
         loss_sum += loss.detach()
-    loss_value = all_reduce_sum(loss_sum, job.world_size).item() / job.world_size
-    if not math.isfinite(loss_value):
-        raise UserError(f"loss is {loss_value} at iteration {it}: stopped; the last good checkpoint in "
-                        f"{config.out_dir} is kept (try a lower --lr)")
+    loss = all_reduce_sum(loss_sum, job.world_size) / job.world_size
+    # remember the first non-finite step on the device: no sync here, check_finite reads it before any log or save
+    job.first_nonfinite_iter = torch.where((job.first_nonfinite_iter < 0) & ~torch.isfinite(loss), it,
+                                           job.first_nonfinite_iter)
     job.scaler.unscale_(job.optimizer)
     torch.nn.utils.clip_grad_norm_(job.model.parameters(), config.grad_clip)
     job.scaler.step(job.optimizer)
     job.scaler.update()
     job.optimizer.zero_grad(set_to_none=True)
-    return loss_value
+    return loss
 
 
 def print_progress(job, loss, seconds, iters):
     """The progress line: iteration, epoch, loss, lr, tokens/s (and MFU on a GPU of known peak), ETA."""
     global_batch = job.micro_rows * job.config.grad_accum
     tokens_per_s = iters * global_batch * job.config.block_size / seconds
-    mfu = ""
+    mfu = " | mfu unknown" if job.device.type == "cuda" else ""  # a GPU missing from PEAK_FLOPS
     if job.peak:
         flops = job.raw_model.flops_per_token() * global_batch * job.config.block_size * iters
         mfu = f" | mfu {100 * flops / seconds / (job.peak * job.world_size):.1f}%"
     eta = (job.total_iters - job.state["iter"]) * seconds / iters
     print(f"iter {job.state['iter']}/{job.total_iters} | epoch {job.state['windows_seen'] / job.windows.n:.2f} | "
           f"loss {loss:.4f} | lr {lr_at(job.state['iter'] - 1, job.config, job.total_iters):.2e} | "
-          f"{tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}")
+          f"{tokens_per_s:,.0f} tok/s{mfu} | eta {fmt_time(eta)}", flush=True)
 
 
 def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nll=None):
     """Train a model of `kind` ('ar' | 'diffusion') with the given losses; see TrainConfig for the options.
     With the kind's continuation_nll, every evaluation also logs the multiple-choice accuracy (downstream.py)."""
-    config, ckpt = configure(kind, sys.argv[1:] if argv is None else argv)
+    config, ckpt, given = configure(kind, sys.argv[1:] if argv is None else argv)
     check_config(config)
     meta, windows, val, items = load_data(config, ckpt)
-    env = setup_processes(config)
+    env = setup_processes(config, ckpt, given)
     if env.master:
         check_output_folder(config, ckpt)
     model, raw_model, optimizer, state = build_model(config, meta, causal, env, ckpt)
@@ -590,12 +653,15 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
                           validation_loss=validation_loss, continuation_nll=continuation_nll,
                           items=items if continuation_nll else None, micro_rows=micro_rows, total_iters=total_iters,
                           n_params=raw_model.num_params(), peak=peak_flops(env.device), t_start=time.time(),
-                          bits_per_byte=meta["tokenizer"] == "bytes" and meta.get("eot_id") is None)
+                          bits_per_byte=meta["tokenizer"] == "bytes" and meta.get("eot_id") is None, best=None,
+                          pending_loss=torch.zeros((), dtype=torch.float64, device=env.device),
+                          first_nonfinite_iter=torch.tensor(-1, device=env.device))
     if env.master:
         print(f"{kind}: {job.n_params / 1e6:.2f}M parameters on {env.device} "
               f"({str(env.dtype).replace('torch.', '')}), {env.world_size} process(es) | U = {len(windows.tokens):,} "
               f"tokens = {windows.n:,} windows of {config.block_size + 1} | {global_batch} windows/iter | "
-              f"{total_iters:,} iters = {total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}")
+              f"{total_iters:,} iters = {total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}",
+              flush=True)
 
     if env.master:
         start_output(config, ckpt)
@@ -608,11 +674,11 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
             t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
         ckpt_due = it % config.ckpt_interval == 0 or it == total_iters if config.ckpt_interval else evaluated
         if (it > start_iter or ckpt is None) and ckpt_due:  # a fresh run saves at iteration 0: a run from here on
-            save_checkpoint(job, os.path.join(config.out_dir, "ckpt.pt"))
+            save_checkpoint(job)
         if it >= total_iters:
             break
-        if config.stop_after_s and out_of_time(job.t_start, config.stop_after_s, env.device, env.world_size):
-            save_checkpoint(job, os.path.join(config.out_dir, "ckpt.pt"))
+        if config.stop_after_s and out_of_time(job, it - start_iter):
+            save_checkpoint(job)
             if env.master:
                 print(f"stopped after {fmt_time(time.time() - job.t_start)} at iteration {it} of {total_iters} "
                       f"(--stop_after_s): continue with --resume")
@@ -621,11 +687,13 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
         loss = train_step(job)
         state["iter"] += 1
         state["windows_seen"] += global_batch
-        state["train_loss_sum"] += loss
+        job.pending_loss += loss  # on the device: the CPU runs ahead of the GPU until the next log
         state["train_loss_count"] += 1
         iters_since_log += 1
-        if env.master and (state["iter"] % config.log_interval == 0 or state["iter"] == total_iters):
-            print_progress(job, loss, time.time() - t_log, iters_since_log)
+        if state["iter"] % config.log_interval == 0 or state["iter"] == total_iters:
+            check_finite(job)
+            if env.master:
+                print_progress(job, loss.item(), time.time() - t_log, iters_since_log)
             t_log, iters_since_log = time.time(), 0
 
     if env.master and state["iter"] == total_iters:

@@ -154,7 +154,8 @@ def main(argv=None):
         left = config.time_budget_s - (time.time() - t_start)
         while pending and len(running) < config.jobs and (not config.time_budget_s or left > 0):
             folder, cmd = pending.pop(0)
-            cmd += [f"--stop_after_s={max(left, 0.01):.2f}"] if config.time_budget_s else []  # 0 would mean none
+            # always given: a resumed run keeps its saved value otherwise (0 means none, hence the 0.01)
+            cmd += [f"--stop_after_s={max(left, 0.01):.2f}" if config.time_budget_s else "--stop_after_s=0"]
             os.makedirs(folder, exist_ok=True)
             print("running:", " ".join(cmd[1:]), flush=True)
             log = open(os.path.join(folder, "stdout.txt"), "a")

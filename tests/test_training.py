@@ -162,11 +162,12 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tm
         calls.append(1)
         loss = train_ar.training_loss(model, windows, noise, mask_id)
         return loss * float("nan") if len(calls) > 12 else loss
-    with pytest.raises(UserError, match="loss is nan at iteration 12"):
+    with pytest.raises(UserError, match="loss is not finite at iteration 12"):
         run("ar", True, poisoned, train_ar.validation_loss,
             tiny_args(data_dir, out, "--max_iters=50", "--eval_interval=10"))
     ckpt = load_checkpoint(out + "/ckpt.pt")
     assert ckpt["iter"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(out + "/best.pt")["model"].values())
 
 
 def test_crash_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
