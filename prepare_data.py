@@ -47,6 +47,7 @@ class PrepareConfig:
     max_download_mb: float = option(100.0, above=0)  # cap on each downloaded file
     cache_dir: str = os.path.join("data", "_downloads")
     base_url: str = ""  # fetch the dataset's files from this server instead (a mirror)
+    reuse: bool = False  # keep the folder as it is when it was prepared from the same text with the same options
 
 
 # ----------------------------------------------------------------------------- sources
@@ -281,6 +282,28 @@ def read_downloaded(args):
     return texts[0], texts[1][:max(len(texts[0]) // 10, 1)]  # a val split ~10% of train is plenty
 
 
+def inputs_fingerprint(train_docs, val_docs, args):
+    """sha256 of everything a data folder is made from: the documents and the options that shape the tokens."""
+    digest = hashlib.sha256(json.dumps([args.tokenizer, args.vocab_size, args.max_train_tokens]).encode())
+    for doc in ([train_docs] if isinstance(train_docs, str) else train_docs) + ["\0val\0"] + \
+            ([val_docs] if isinstance(val_docs, str) else val_docs):
+        digest.update(doc.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def prepared_from(out_dir):
+    """The inputs fingerprint of a complete data folder (None if it has none or a file is missing or cut short)."""
+    try:
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            meta = json.load(f)
+        sizes_ok = all(os.path.getsize(os.path.join(out_dir, f"{split}.bin")) == 2 * meta[f"{split}_tokens"]
+                       for split in ("train", "val"))
+        ranks_ok = meta["tokenizer"] != "bpe" or os.path.isfile(os.path.join(out_dir, meta["ranks_file"]))
+        return meta.get("inputs_sha256") if sizes_ok and ranks_ok else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main(argv=None):
     args = PrepareConfig()
     parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
@@ -303,9 +326,13 @@ def main(argv=None):
 
     suffix = {"bytes": "", "gpt2": "_gpt2", "bpe": f"_bpe{args.vocab_size}"}[args.tokenizer]
     out_dir = os.path.join(args.data_dir, args.name or name + suffix)
+    inputs = inputs_fingerprint(train_docs, val_docs, args)
+    if args.reuse and prepared_from(out_dir) == inputs:
+        print(f"reusing {out_dir}: prepared from the same text with the same options")
+        return out_dir
     t0 = time.time()
     meta = prepare(train_docs, val_docs, out_dir, args.tokenizer, source, args.max_train_tokens,
-                   args.vocab_size, documents, extra)
+                   args.vocab_size, documents, dict(extra, inputs_sha256=inputs))
     if val_names is not None:  # which files are held out, for anyone who wants to check the split
         with open(os.path.join(out_dir, "val_files.txt"), "w") as f:
             f.write("\n".join(val_names) + "\n")

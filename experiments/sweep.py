@@ -6,18 +6,29 @@ budget, AR and diffusion with the same model and data, then compare.py on all of
         --out=out/sweep -- --eval_interval=100
 
 Options before `--` belong to the sweep; everything after `--` goes to every training run (model size, lr, ...).
-Runs go to OUT/<kind>_e<epochs>; a finished run is skipped, an interrupted one resumed. `--jobs=2` runs two at
-a time, each with cores / jobs threads. `--ar_models=6x384,8x512` (and `--diffusion_models`) add model sizes to the
-grid, layers x width (x heads; default: width / 64 heads), in folders OUT/<kind>_<model>_e<epochs>: the papers
-compare each kind at its best size. Before training, a plan prints each run's parameters and FLOPs (and its time
-at `--assumed_tflops`). `--time_budget_s=540` stops the sweep (each run checkpointed) when the budget is spent:
-the same command continues it, so a long sweep runs in pieces. `--seeds=1337,2,3` repeats every run with each training seed (folders
-OUT/<kind>_e<epochs>_s<seed>) and reports each setting's mean and spread over seeds: at these sizes one run's best
-validation loss can move by 0.1-0.3 with the seed alone, more than the ELBO estimate's own spread.
+Runs go to OUT/<kind>_e<epochs>; a finished run is skipped, an interrupted one resumed.
+
+The grid: `--ar_models=6x384,8x512` (and `--diffusion_models`) add model sizes, layers x width (x heads; default
+width / 64 heads), in folders OUT/<kind>_<model>_e<epochs>: the papers compare each kind at its best size.
+`--ar_variants="papers:--weight_decay=0.1|strong:--weight_decay=1.0"` (and `--diffusion_variants`) add named option
+sets, each a run of its own (OUT/<kind>_<model>_<variant>_e<epochs>). `--seeds=1337,2,3` repeats every run with
+each training seed (OUT/..._s<seed>); `--repeat_seeds=2,3` instead repeats only each kind's best setting, once
+the grid is done. The verdict averages a setting over its seeds: one run's best loss can move with the seed alone.
+
+Running: `--jobs=N` runs N at a time (0: as many as fit in the GPU's memory, measured; on a CPU one), each with
+cores / jobs threads; a status line per run shows every `--status_every_s` seconds. `--min_iters=100` lowers each
+run's grad_accum (never its micro-batch, so memory stays put) until it takes at least that many optimizer steps.
+
+The plan: before training, each run's parameters, FLOPs, steps and tokens per step print. `--measure_steps=5`
+times that many training steps of each model on this device first, and the plan gives each run's measured
+tokens/s, MFU and minutes; `--budget_s` then refuses, before anything is written, a plan that does not fit and
+names a unique-token budget that would; what planning leaves of it is also a stop, as below. `--time_budget_s=540` stops the sweep (each run checkpointed) when the
+budget is spent: the same command continues it, so a long sweep runs in pieces.
 """
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -37,28 +48,47 @@ class SweepConfig:
     ar_epochs: str = option("4,8,16", items=float, above=0)
     diffusion_epochs: str = option("100", items=float, above=0)
     out: str = "out/sweep"
-    jobs: int = option(1, low=1)
-    threads: int = option(0, low=0)  # torch threads per run (0: cores / jobs)
-    evals: int = option(20, low=1)  # evaluations per run, evenly spaced in epochs
-    seeds: str = option("", items=int, low=0)  # training seeds, comma-separated (empty: the training default)
-    plot: str = ""  # default: OUT/compare.png
-    ar_models: str = ""  # model sizes for AR, e.g. 6x384,8x512 (empty: the training options' model)
-    diffusion_models: str = ""  # the same for diffusion
-    ar_options: str = ""  # training options for the AR runs only, e.g. "--lr=1e-3"
-    diffusion_options: str = ""  # training options for the diffusion runs only
-    assumed_tflops: float = option(0.0, low=0)  # achieved TFLOP/s for the plan's time estimates (0: no estimate)
-    plan_only: bool = False  # print the plan and stop
-    time_budget_s: float = option(0.0, low=0)  # stop (every run checkpointed) after this many seconds; rerun to
-    # continue (0: no budget)
+    # runs at a time (0: as many as fit in the GPU's memory by the measured plan; one on a CPU)
+    jobs: int = option(1, low=0)
+    # torch threads per run (0: cores / jobs)
+    threads: int = option(0, low=0)
+    # evaluations per run, evenly spaced in epochs
+    evals: int = option(20, low=1)
+    # training seeds, comma-separated, every run repeated with each (empty: the training default)
+    seeds: str = option("", items=int, low=0)
+    # after the grid: each kind's best setting again with each of these seeds
+    repeat_seeds: str = option("", items=int, low=0)
+    # default: OUT/compare.png
+    plot: str = ""
+    # model sizes for AR, e.g. 6x384,8x512 (empty: the training options' model)
+    ar_models: str = ""
+    # the same for diffusion
+    diffusion_models: str = ""
+    # training options for the AR runs only, e.g. "--lr=1e-3"
+    ar_options: str = ""
+    # training options for the diffusion runs only
+    diffusion_options: str = ""
+    # named option sets for AR, each its own run: "name:options|name:options"
+    ar_variants: str = ""
+    # the same for diffusion
+    diffusion_variants: str = ""
+    # lower each run's grad_accum until it takes at least this many optimizer steps (0: keep it)
+    min_iters: int = option(0, low=0)
+    # time this many training steps of each model on this device before training (0: no measurement)
+    measure_steps: int = option(0, low=0)
+    # achieved TFLOP/s for the plan's time estimates when nothing is measured (0: no estimate)
+    assumed_tflops: float = option(0.0, low=0)
+    # refuse before training unless the plan's estimate fits in this many seconds (0: no limit)
+    budget_s: float = option(0.0, low=0)
+    # print the plan and stop
+    plan_only: bool = False
+    # stop (every run checkpointed) after this many seconds; rerun to continue (0: no budget)
+    time_budget_s: float = option(0.0, low=0)
+    # seconds between the status lines of the running runs
+    status_every_s: float = option(30.0, above=0)
 
 
-def run_is_finished(folder):
-    try:
-        records = compare.read_log(folder)
-    except UserError:
-        return False
-    return os.path.exists(os.path.join(folder, "ckpt.pt")) and records[-1].get("done", False)
-
+# ----------------------------------------------------------------------------- the grid
 
 def model_options(spec):
     """'6x384' (layers x width, width / 64 heads) or '6x384x8' as training options; '' means none."""
@@ -75,50 +105,330 @@ def model_options(spec):
     return [f"--n_layer={layers}", f"--n_embd={width}", f"--n_head={heads}"]
 
 
-def kind_options(config, kind):
-    return shlex.split(config.ar_options if kind == "ar" else config.diffusion_options)
+def variants(text, kind):
+    """[(name, options)] from 'name:options|name:options' ('' gives one unnamed variant)."""
+    if not text.strip():
+        return [("", [])]
+    found = []
+    for part in text.split("|"):
+        name, colon, options = part.partition(":")
+        if not colon or not name.strip().isidentifier():
+            raise UserError(f"--{kind}_variants: write name:options|name:options (e.g. papers:--weight_decay=0.1), "
+                            f"not {part!r}")
+        found.append((name.strip(), shlex.split(options)))
+    return found
 
 
-def make_grid(config):
-    """(folder name, kind, model spec, epochs, seed) of every run, AR's first."""
+def make_grid(config, extra):
+    """One dict per run, AR's first: its folder name, kind, setting (what its seeds share) and training options."""
     seeds = list_items("seeds", config.seeds, int) or [None]
     grid = []
-    for kind, epochs_text, models_text in (("ar", config.ar_epochs, config.ar_models),
-                                           ("diffusion", config.diffusion_epochs, config.diffusion_models)):
-        for model in [m for m in models_text.split(",") if m] or [""]:
-            model_options(model)  # checked before anything runs
-            for epochs in list_items(f"{kind}_epochs", epochs_text, float):
-                for seed in seeds:
-                    name = f"{kind}{'_' + model if model else ''}_e{epochs:g}{f'_s{seed}' if seed is not None else ''}"
-                    grid.append((name, kind, model, epochs, seed))
+    for kind in ("ar", "diffusion"):
+        epochs_list = list_items(f"{kind}_epochs", getattr(config, f"{kind}_epochs"), float)
+        kind_options = shlex.split(getattr(config, f"{kind}_options"))
+        for model in [m for m in getattr(config, f"{kind}_models").split(",") if m] or [""]:
+            for variant, variant_options in variants(getattr(config, f"{kind}_variants"), kind):
+                for epochs in epochs_list:
+                    name = "_".join(p for p in (kind, model, variant, f"e{epochs:g}") if p)
+                    options = [f"--unique_tokens={config.unique_tokens}", f"--epochs={epochs:g}",
+                               f"--eval_epochs={epochs / config.evals:g}", *extra, *kind_options,
+                               *variant_options, *model_options(model)]
+                    for seed in seeds:
+                        grid.append(with_seed({"name": name, "kind": kind, "setting": (kind, model, variant, epochs),
+                                               "options": options}, seed))
     return grid
 
 
-def print_plan(grid, config, extra):
-    """Each run's size and training FLOPs (6 N + attention per token, times epochs x U) before anything runs;
-    building it checks every run's training options."""
-    from model import ModelConfig, Transformer
+def with_seed(run, seed):
+    if seed is None:
+        return dict(run, seed=None)
+    return dict(run, name=f"{run['name']}_s{seed}", seed=seed, options=run["options"] + [f"--seed={seed}"])
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def training_config(options):
     from trainer import TrainConfig, load_meta
-    rows = []
-    for name, kind, model, epochs, _ in grid:
-        train = TrainConfig()
-        parse_args(extra + kind_options(config, kind) + model_options(model), train)
-        meta = load_meta(os.path.join(train.data_dir, train.dataset))
+    train = TrainConfig()
+    parse_args(options, train)
+    return train, load_meta(os.path.join(train.data_dir, train.dataset))
+
+
+def size_runs(grid, config):
+    """Each run's training config, model size and step; with --min_iters, its grad_accum lowered (the micro-batch
+    stays) so that it takes at least min_iters steps. Checks every run's options before anything runs."""
+    from model import ModelConfig, Transformer
+    for run in grid:
+        train, meta = training_config(run["options"])
+        windows = (min(config.unique_tokens, meta["train_tokens"]) - 1) // train.block_size
+        windows_total = math.ceil(run["setting"][-1] * windows)  # the setting ends with the epochs
+        if config.min_iters:
+            fit = windows_total // (config.min_iters * train.batch_size)
+            train.grad_accum = max(1, min(train.grad_accum, fit))
+            run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}"]
         with torch.device("meta"):  # sizes only: no memory, no initialisation
             net = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
-                                          n_head=train.n_head, n_embd=train.n_embd, causal=kind == "ar"))
-        tokens = epochs * config.unique_tokens
-        rows.append((name, net.num_params(), net.flops_per_token(), tokens, net.flops_per_token() * tokens))
-    rate = config.assumed_tflops * 1e12
-    print(f"{'run':<28} {'params':>8} {'FLOPs/token':>12} {'train tokens':>13} {'FLOPs':>9}"
-          + (f" {'est. time':>10}" if rate else ""))
-    for name, params, per_token, tokens, flops in rows:
-        print(f"{name:<28} {params / 1e6:>7.2f}M {per_token / 1e6:>11.1f}M {tokens:>13,.0f} {flops:>9.2e}"
-              + (f" {flops / rate / 60:>9.1f}m" if rate else ""))
-    total = sum(row[-1] for row in rows)
-    estimate = (f", about {total / rate / 60:.0f} min at {config.assumed_tflops:g} TFLOP/s achieved (an assumption; "
-                f"evaluation and compilation extra)" if rate else "")
-    print(f"plan: {len(grid)} runs, {total:.2e} training FLOPs{estimate}", flush=True)
+                                          n_head=train.n_head, n_embd=train.n_embd, causal=run["kind"] == "ar"))
+        step = train.batch_size * train.grad_accum
+        run.update(train=train, meta=meta, params=net.num_params(), flops_per_token=net.flops_per_token(),
+                   tokens=windows_total * train.block_size, iters=math.ceil(windows_total / step),
+                   tokens_per_step=step * train.block_size)
+
+
+def measure(kind, train, meta, steps):
+    """(tokens/s, peak bytes on a GPU or None) of `steps` training steps of one micro-batch of this run's model
+    on its device and number format, after two warmup steps; random tokens (speed does not depend on them)."""
+    import contextlib
+    import importlib
+    from checkpoint import pick_device, pick_dtype
+    from model import ModelConfig, Transformer
+    from trainer import TrainingNoise, make_optimizer
+    script = importlib.import_module(f"train_{kind}")
+    device = pick_device(train.device)
+    dtype = pick_dtype(train.dtype, device)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
+                                    n_head=train.n_head, n_embd=train.n_embd, causal=script.CAUSAL,
+                                    dropout=train.dropout)).to(device)
+    optimizer = make_optimizer(model, train, device.type)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    windows = torch.randint(0, meta["n_vocab"], (train.batch_size, train.block_size + 1), device=device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = time.perf_counter()
+    for i in range(steps + 2):
+        if i == 2:
+            (torch.cuda.synchronize(device) if device.type == "cuda" else None)
+            timed = time.perf_counter()
+        noise = TrainingNoise(0, i, 0, train.batch_size, slice(0, train.batch_size), train.block_size, device)
+        with autocast:
+            loss = script.training_loss(model, windows, noise, model.config.mask_id)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    loss.item()
+    seconds = time.perf_counter() - timed
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    del model, optimizer
+    return steps * train.batch_size * train.block_size / seconds, peak
+
+
+def eval_tokens(run):
+    """Forward-pass tokens of one evaluation: the val windows (K times for diffusion) and the multiple-choice items."""
+    train, meta = run["train"], run["meta"]
+    windows = (meta["val_tokens"] - 1) // train.block_size
+    windows = min(windows, train.eval_windows) if train.eval_windows else windows
+    diffusion = run["kind"] == "diffusion"
+    val = windows * train.block_size * (train.elbo_samples if diffusion else 1)
+    choices = train.mc_items * 4 * 64 * (train.mc_samples if diffusion else 1)  # about 64 tokens an item's choice
+    return val + choices
+
+
+def estimate(grid, config, rates):
+    """Each run's seconds (training at its measured rate, evaluations as forward passes at three times that rate) or
+    None without a rate; with --assumed_tflops the rate comes from the FLOPs."""
+    for run in grid:
+        rate = rates.get(shape_key(run), (None, None))[0]
+        if rate is None and config.assumed_tflops:
+            rate = config.assumed_tflops * 1e12 / run["flops_per_token"]
+        run["rate"] = rate
+        run["seconds"] = None if rate is None else \
+            (run["tokens"] + (config.evals + 1) * eval_tokens(run) / 3) / rate
+
+
+def shape_key(run):
+    t = run["train"]
+    return run["kind"], t.n_layer, t.n_head, t.n_embd, t.block_size, t.batch_size, t.dropout, t.dtype, t.device
+
+
+def repeats_seconds(grid, config):
+    """The repeats' cost before the winners are known: each kind's costliest setting, once per repeat seed."""
+    n = len(list_items("repeat_seeds", config.repeat_seeds, int))
+    if not n or any(run["seconds"] is None for run in grid):
+        return 0.0
+    return n * sum(max([r["seconds"] for r in grid if r["kind"] == kind] or [0.0]) for kind in ("ar", "diffusion"))
+
+
+def print_plan(grid, config, peak):
+    """The plan's table and its total; with a measured or assumed rate, each run's minutes."""
+    timed = all(run["seconds"] is not None for run in grid)
+    print(f"{'run':<30} {'params':>8} {'FLOPs/tok':>10} {'tokens':>12} {'FLOPs':>9} {'steps':>6} {'tok/step':>8}"
+          + (f" {'tok/s':>10} {'MFU':>6} {'min':>6}" if timed else ""))
+    for run in grid:
+        line = (f"{run['name']:<30} {run['params'] / 1e6:>7.2f}M {run['flops_per_token'] / 1e6:>9.1f}M "
+                f"{run['tokens']:>12,} {run['flops_per_token'] * run['tokens']:>9.2e} {run['iters']:>6,} "
+                f"{run['tokens_per_step']:>8,}")
+        if timed:
+            mfu = f"{100 * run['rate'] * run['flops_per_token'] / peak:.0f}%" if peak else "-"
+            line += f" {run['rate']:>10,.0f} {mfu:>6} {run['seconds'] / 60:>6.2f}"
+        print(line)
+    total_flops = sum(run["flops_per_token"] * run["tokens"] for run in grid)
+    text = f"plan: {len(grid)} runs, {total_flops:.2e} training FLOPs"
+    if timed:
+        repeats = repeats_seconds(grid, config)
+        text += (f", about {(sum(r['seconds'] for r in grid) + repeats) / 60:.1f} min with the runs counted one "
+                 f"after another (evaluations included" + (f"; the repeats at most {repeats / 60:.1f} min" if repeats
+                                                           else "") + ")")
+    print(text, flush=True)
+
+
+def check_budget(grid, config, startup_s):
+    """Refuse (one line) a plan that does not fit --budget_s; the suggestion scales U, which sets every run's
+    training tokens (evaluation stays)."""
+    if not config.budget_s or any(run["seconds"] is None for run in grid):
+        return
+    train_s = sum(run["tokens"] / run["rate"] for run in grid)
+    total = startup_s + sum(run["seconds"] for run in grid) + repeats_seconds(grid, config)
+    if total <= config.budget_s:
+        return
+    scale = 1 + repeats_seconds(grid, config) / max(sum(run["seconds"] for run in grid), 1e-9)
+    room = config.budget_s - startup_s - (sum(run["seconds"] for run in grid) - train_s) * scale
+    fit = int(config.unique_tokens * max(room, 0) / (train_s * scale) // 10000 * 10000)
+    hint = f"--unique_tokens={fit} would" if fit > 0 else "no unique-token budget does: use fewer runs that"
+    raise UserError(f"the plan needs about {total / 60:.1f} min but the budget is {config.budget_s / 60:.1f} min: "
+                    f"{hint} fit (or drop sizes, variants or epoch counts)")
+
+
+def auto_jobs(grid, peaks):
+    """How many runs fit in the GPU's memory at once: the largest runs' measured peaks plus ~1 GB each for the
+    process's CUDA context, within 90% of the card."""
+    total = torch.cuda.get_device_properties(0).total_memory
+    needs = sorted((peaks[shape_key(run)] + 1.0e9 for run in grid), reverse=True)
+    jobs, used = 0, 0.0
+    for need in needs:
+        if used + need > 0.9 * total:
+            break
+        jobs, used = jobs + 1, used + need
+    return max(jobs, 1)
+
+
+def plan(grid, config, extra):
+    """Size, time and print the grid; with --measure_steps, measure each model on this device. Returns the jobs to
+    run at once."""
+    size_runs(grid, config)
+    rates, peak_flops_s = {}, None
+    t0 = time.time()
+    if config.measure_steps:
+        from checkpoint import pick_device
+        from trainer import peak_flops
+        for run in grid:
+            if shape_key(run) not in rates:
+                rates[shape_key(run)] = measure(run["kind"], run["train"], run["meta"], config.measure_steps)
+        device = pick_device(grid[0]["train"].device) if grid else torch.device("cpu")
+        peak_flops_s = peak_flops(device)
+        print(f"measured {len(rates)} model(s) on {device_name(device)} in {time.time() - t0:.0f}s "
+              f"({config.measure_steps} steps each, eager)")
+    estimate(grid, config, rates)
+    print_plan(grid, config, peak_flops_s)
+    check_budget(grid, config, startup_s=time.time() - t0 + 20)
+    if config.jobs:
+        return config.jobs
+    cuda = [r for r in grid if rates and rates.get(shape_key(r), (0, None))[1] is not None]
+    return auto_jobs(grid, {k: v[1] for k, v in rates.items()}) if cuda and len(cuda) == len(grid) else 1
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
+
+
+# ----------------------------------------------------------------------------- running
+
+def run_is_finished(folder):
+    try:
+        records = compare.read_log(folder)
+    except UserError:
+        return False
+    return os.path.exists(os.path.join(folder, "ckpt.pt")) and records[-1].get("done", False)
+
+
+def last_progress(folder):
+    """The run's last progress or evaluation line (from its stdout.txt), for the status lines."""
+    try:
+        with open(os.path.join(folder, "stdout.txt"), "rb") as f:
+            f.seek(max(os.path.getsize(f.name) - 4096, 0))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "starting"
+    found = [line for line in lines if line.startswith(("iter ", "eval iter", "done"))]
+    return found[-1] if found else "starting"
+
+
+def failure_tail(folder, n=5):
+    try:
+        with open(os.path.join(folder, "stdout.txt"), encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no output)"
+
+
+def train_all(runs, config, jobs, t_start):
+    """Run every unfinished run, `jobs` at a time, longest first; a status line per running run every
+    status_every_s seconds; a failed run shows its last lines and the others go on. Returns the failed folders."""
+    threads = str(config.threads or max((os.cpu_count() or 1) // jobs, 1))
+    pending = []
+    for run in sorted(runs, key=lambda r: -(r.get("seconds") or 0)):
+        folder = os.path.join(config.out, run["name"])
+        if run_is_finished(folder):
+            print(f"{folder}: finished, skipped")
+            continue
+        resume = os.path.exists(os.path.join(folder, "ckpt.pt"))
+        # a resumed run keeps its saved options; the stop is always given (it too would be kept)
+        cmd = [sys.executable, os.path.join(ROOT, f"train_{run['kind']}.py"), f"--out_dir={folder}",
+               *(["--resume"] if resume else ["--overwrite", *run["options"]])]
+        pending.append((folder, cmd))
+    running, failed, last_status = [], [], time.time()
+    try:
+        while pending or running:
+            left = config.time_budget_s - (time.time() - t_start)
+            while pending and len(running) < jobs and (not config.time_budget_s or left > 0):
+                folder, cmd = pending.pop(0)
+                cmd = cmd + [f"--stop_after_s={max(left, 0.01):.2f}" if config.time_budget_s else "--stop_after_s=0"]
+                os.makedirs(folder, exist_ok=True)
+                print("running:", " ".join(cmd[1:]), flush=True)
+                with open(os.path.join(folder, "stdout.txt"), "a") as log:
+                    running.append((folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                             env=dict(os.environ, OMP_NUM_THREADS=threads))))
+            if not running:
+                break
+            time.sleep(0.2)
+            for folder, proc in [r for r in running if r[1].poll() is not None]:
+                running.remove((folder, proc))
+                if proc.returncode != 0:
+                    failed.append(folder)
+                    print(f"FAILED {folder} (exit {proc.returncode}):\n{failure_tail(folder)}", flush=True)
+                else:
+                    print(f"[{compare_time(t_start)}] {os.path.basename(folder)}: {last_progress(folder)}", flush=True)
+            if running and time.time() - last_status >= config.status_every_s:
+                for folder, _ in running:
+                    print(f"[{compare_time(t_start)}] {os.path.basename(folder)}: {last_progress(folder)}")
+                sys.stdout.flush()
+                last_status = time.time()
+    finally:  # an interrupted sweep leaves no training process behind
+        for _, proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc in running:
+            proc.wait()
+    return failed
+
+
+def compare_time(t_start):
+    seconds = int(time.time() - t_start)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def best_settings(rows, setting_of):
+    """Each kind's best setting by mean best validation loss over its seeds."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(setting_of[r["run"]], []).append(r["best_val"])
+    best = {}
+    for setting, vals in groups.items():
+        mean = sum(vals) / len(vals)
+        if setting[0] not in best or mean < best[setting[0]][1]:
+            best[setting[0]] = (setting, mean)
+    return {kind: setting for kind, (setting, _) in best.items()}
 
 
 def main(argv=None):
@@ -127,52 +437,40 @@ def main(argv=None):
     config = SweepConfig()
     parse_args(argv[:split], config, doc=__doc__)
     extra = argv[split + 1:]
-    grid = make_grid(config)
-    print_plan(grid, config, extra)
+    list_items("repeat_seeds", config.repeat_seeds, int)
+    t_plan = time.time()
+    grid = make_grid(config, extra)
+    jobs = plan(grid, config, extra)
     if config.plan_only:
         return None
-    threads = str(config.threads or max((os.cpu_count() or 1) // config.jobs, 1))
-    t_start = time.time()
-    pending, folders, setting_of = [], [], {}
-    for name, kind, model, epochs, seed in grid:
-        folder = os.path.join(config.out, name)
-        folders.append(folder)
-        setting_of[name] = (kind, model, f"{epochs:g}")
-        if run_is_finished(folder):
-            print(f"{folder}: finished, skipped")
-            continue
-        resume = ["--resume"] if os.path.exists(os.path.join(folder, "ckpt.pt")) else ["--overwrite"]
-        cmd = [sys.executable, os.path.join(ROOT, f"train_{kind}.py"), f"--out_dir={folder}", *resume]
-        if resume != ["--resume"]:  # a resumed run keeps its saved config
-            cmd += [f"--unique_tokens={config.unique_tokens}", f"--epochs={epochs:g}",
-                    f"--eval_epochs={epochs / config.evals:g}", *extra, *kind_options(config, kind),
-                    *model_options(model)]
-            cmd += [f"--seed={seed}"] if seed is not None else []
-        pending.append((folder, cmd))
-    running = []
-    while pending or running:
-        left = config.time_budget_s - (time.time() - t_start)
-        while pending and len(running) < config.jobs and (not config.time_budget_s or left > 0):
-            folder, cmd = pending.pop(0)
-            # always given: a resumed run keeps its saved value otherwise (0 means none, hence the 0.01)
-            cmd += [f"--stop_after_s={max(left, 0.01):.2f}" if config.time_budget_s else "--stop_after_s=0"]
-            os.makedirs(folder, exist_ok=True)
-            print("running:", " ".join(cmd[1:]), flush=True)
-            log = open(os.path.join(folder, "stdout.txt"), "a")
-            running.append((folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                     env=dict(os.environ, OMP_NUM_THREADS=threads))))
-        if not running:
-            break
-        folder, proc = running.pop(0)
-        if proc.wait() != 0:
-            raise UserError(f"the run in {folder} failed: see {folder}/stdout.txt")
-    unfinished = [f for f in folders if not run_is_finished(f)]
+    t_start = time.time()  # --time_budget_s counts from here: training, not planning
+    if config.budget_s:  # what the plan left of --budget_s is a stop too
+        left = max(config.budget_s - (t_start - t_plan), 0.01)
+        config.time_budget_s = min(config.time_budget_s or left, left)
+    print(f"training {len(grid)} runs, {jobs} at a time", flush=True)
+    failed = train_all(grid, config, jobs, t_start)
+    runs = list(grid)
+    folders = lambda: [os.path.join(config.out, r["name"]) for r in runs]  # noqa: E731
+    if not failed and all(map(run_is_finished, folders())) and config.repeat_seeds:
+        setting_of = {r["name"]: r["setting"] for r in runs}
+        rows = [compare.summarize(f) for f in folders()]
+        winners = best_settings(rows, setting_of)
+        repeats = [with_seed(r, seed) for r in grid if r["setting"] in winners.values()
+                   for seed in list_items("repeat_seeds", config.repeat_seeds, int)]
+        print(f"repeating each kind's best setting with seeds {config.repeat_seeds}: "
+              + ", ".join(r["name"] for r in repeats), flush=True)
+        runs += repeats
+        failed = train_all(repeats, config, jobs, t_start)
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)} (their output is in stdout.txt there)")
+    unfinished = [f for f in folders() if not run_is_finished(f)]
     if unfinished:
         print(f"time budget spent ({config.time_budget_s:g}s): {len(unfinished)} run(s) not finished; run the same "
               f"command again to continue them")
         return None
-    rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--logx"])
-    print(verdict(rows, setting_of))
+    rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--logx"])
+    print(verdict(rows, {r["name"]: r["setting"] for r in runs}))
+    print(f"sweep done in {compare_time(t_start)} (min:s)")
     return rows
 
 
@@ -182,22 +480,23 @@ def verdict(rows, setting_of):
     for r in rows:
         groups.setdefault(setting_of[r["run"]], []).append(r)
     best = {}
-    for (kind, *model, epochs), runs in groups.items():
+    for setting, runs in groups.items():
+        kind, epochs = setting[0], setting[-1]
         vals = [r["best_val"] for r in runs]
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
         epoch = sum(r["best_epoch"] for r in runs) / len(runs)
         if kind not in best or mean < best[kind]["mean"]:
             best[kind] = {"mean": mean, "std": std, "n": len(vals), "epochs": epochs, "best_epoch": epoch,
-                          "model": model[0] if model else ""}
+                          "label": " ".join(str(p) for p in setting[1:-1] if p)}
     if "ar" not in best or "diffusion" not in best:
         return "one kind only: no verdict"
 
     def describe(name, b):
         spread = f" +- {b['std']:.4f} (std over {b['n']} seeds)" if b["n"] > 1 else ""
-        model = f" ({b['model']})" if b["model"] else ""
-        return (f"best {name}{model} {b['mean']:.4f}{spread} at epoch {b['best_epoch']:.1f} of "
-                f"{b['epochs']}-epoch runs")
+        label = f" ({b['label']})" if b["label"] else ""
+        return (f"best {name}{label} {b['mean']:.4f}{spread} at epoch {b['best_epoch']:.1f} of "
+                f"{float(b['epochs']):g}-epoch runs")
     margin = best["ar"]["mean"] - best["diffusion"]["mean"]
     winner = "diffusion" if margin > 0 else "AR"
     return (f"{describe('AR', best['ar'])} | {describe('diffusion', best['diffusion'])} | "

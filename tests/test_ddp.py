@@ -20,10 +20,12 @@ def read_log(folder):
 
 @pytest.mark.parametrize("epoch_order", ["fixed", "documents"])
 def test_two_gloo_processes_equal_one_process_with_twice_the_batch(epoch_order, tmp_path):
-    """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8."""
+    """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8, at the papers'
+    dropout 0.1: each process drops exactly the rows of the global mask that one process would."""
     data_dir = make_tiny_documents(tmp_path)
     common = [a for a in tiny_args(data_dir, "", "--max_iters=12", "--eval_interval=6", "--grad_accum=2",
-                                   "--elbo_samples=4", "--dataset=docs", f"--epoch_order={epoch_order}")
+                                   "--elbo_samples=4", "--dataset=docs", f"--epoch_order={epoch_order}",
+                                   "--dropout=0.1")
               if not a.startswith(("--out_dir", "--batch_size", "--dataset=tiny"))]
     script = os.path.join(ROOT, "train_diffusion.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
