@@ -35,8 +35,9 @@ REPEAT_SEEDS=${REPEAT_SEEDS:-2,3}             # each kind's best setting again w
 MIN_ITERS=${MIN_ITERS:-100}                   # every run takes at least this many optimizer steps
 JOBS=${JOBS:-0}                               # runs at once (0: as many as the GPU's memory holds)
 # 32 windows of 513 tokens per micro-step and at most 4 micro-steps per optimizer step (65K tokens); MIN_ITERS
-# lowers the micro-steps of short runs. Dropout 0.1 for both kinds, as in both papers' code.
-TRAIN=${TRAIN:---block_size=512 --batch_size=32 --grad_accum=4 --dropout=0.1 --warmup_fraction=0.05 --eval_windows=64 --ckpt_interval=1000000000}
+# lowers the micro-steps of short runs. Dropout 0.1 for both kinds, as in both papers' code; the papers' loader's
+# epoch order (a fresh document order every epoch).
+TRAIN=${TRAIN:---block_size=512 --batch_size=32 --grad_accum=4 --dropout=0.1 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --ckpt_interval=1000000000}
 
 python3 prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
     --name="python_bpe$VOCAB" --reuse

@@ -210,7 +210,9 @@ def measure(kind, train, meta, steps):
     loss.item()
     seconds = time.perf_counter() - timed
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    del model, optimizer
+    del model, optimizer, loss
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # leave the memory to the runs
     return steps * train.batch_size * train.block_size / seconds, peak
 
 
