@@ -155,17 +155,20 @@ def training_config(options):
 
 
 def size_runs(grid, config):
-    """Each run's training config, model size and step; with --min_iters, its grad_accum lowered (the micro-batch
-    stays) so that it takes at least min_iters steps. Checks every run's options before anything runs."""
+    """Each run's training config, model size and step; with --min_iters, its grad_accum lowered, then its
+    micro-batch halved, until it takes at least min_iters steps (memory only goes down). Checks every run's options
+    before anything runs."""
     from model import ModelConfig, Transformer
     for run in grid:
         train, meta = training_config(run["options"])
         windows = (min(config.unique_tokens, meta["train_tokens"]) - 1) // train.block_size
         windows_total = math.ceil(run["setting"][-1] * windows)  # the setting ends with the epochs
         if config.min_iters:
-            fit = windows_total // (config.min_iters * train.batch_size)
-            train.grad_accum = max(1, min(train.grad_accum, fit))
-            run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}"]
+            train.grad_accum = max(1, min(train.grad_accum, windows_total // (config.min_iters * train.batch_size)))
+            while train.grad_accum == 1 and train.batch_size > 1 and \
+                    windows_total // train.batch_size < config.min_iters:
+                train.batch_size //= 2
+            run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}", f"--batch_size={train.batch_size}"]
         with torch.device("meta"):  # sizes only: no memory, no initialisation
             net = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
                                           n_head=train.n_head, n_embd=train.n_embd, causal=run["kind"] == "ar"))
@@ -175,9 +178,9 @@ def size_runs(grid, config):
                    tokens_per_step=step * train.block_size)
 
 
-def measure(kind, train, meta, steps):
+def measure(kind, train, meta, steps, warmup=3):
     """(tokens/s, peak bytes on a GPU or None) of `steps` training steps of one micro-batch of this run's model
-    on its device and number format, after two warmup steps; random tokens (speed does not depend on them)."""
+    on its device and number format, after `warmup` steps; random tokens (speed does not depend on them)."""
     import contextlib
     import importlib
     from checkpoint import pick_device, pick_dtype
@@ -197,8 +200,8 @@ def measure(kind, train, meta, steps):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
     timed = time.perf_counter()
-    for i in range(steps + 2):
-        if i == 2:
+    for i in range(steps + warmup):
+        if i == warmup:
             (torch.cuda.synchronize(device) if device.type == "cuda" else None)
             timed = time.perf_counter()
         noise = TrainingNoise(0, i, 0, train.batch_size, slice(0, train.batch_size), train.block_size, device)
@@ -286,7 +289,7 @@ def check_budget(grid, config, startup_s):
         return
     scale = 1 + repeats_seconds(grid, config) / max(sum(run["seconds"] for run in grid), 1e-9)
     room = config.budget_s - startup_s - (sum(run["seconds"] for run in grid) - train_s) * scale
-    fit = int(config.unique_tokens * max(room, 0) / (train_s * scale) // 10000 * 10000)
+    fit = int(0.9 * config.unique_tokens * max(room, 0) / (train_s * scale) // 10000 * 10000)  # 10% to spare
     hint = f"--unique_tokens={fit} would" if fit > 0 else "no unique-token budget does: use fewer runs that"
     raise UserError(f"the plan needs about {total / 60:.1f} min but the budget is {config.budget_s / 60:.1f} min: "
                     f"{hint} fit (or drop sizes, variants or epoch counts)")
