@@ -109,7 +109,8 @@ def verdict(rows):
 
 
 def plot(rows, path, logx=False):
-    """Validation loss vs epoch, all runs on one axis; train loss dashed. Returns False without matplotlib."""
+    """Validation loss vs epoch, all runs on one axis; train loss dashed (up to 6 runs: more would hide the
+    validation curves). Returns False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -117,7 +118,10 @@ def plot(rows, path, logx=False):
     except ImportError:
         return False
     with_acc = any(r["best_acc"] is not None for r in rows)
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(14 if with_acc else 8, 5), squeeze=False)
+    many = len(rows) > 6  # then no train curves, and the legends go beside the axes
+    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=((14 if with_acc else 8) + (6 if many else 0), 5),
+                             squeeze=False)
+    legend = dict(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)) if many else dict(fontsize=8)
     ax = axes[0][0]
     used = {"ar": 0, "diffusion": 0}
     for r in rows:
@@ -131,7 +135,7 @@ def plot(rows, path, logx=False):
         ax.plot(epochs, [x["val_loss"] for x in r["records"]], color=color, marker=".",
                 label=f"{r['run']} ({r['kind']}) val, best {r['best_val']:.3f}")
         train = [(x["epoch"], x["train_loss"]) for x in r["records"] if x["train_loss"] is not None]
-        if train:
+        if train and not many:
             ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{r['run']} train")
     if with_acc:
         acc_ax = axes[0][1]
@@ -140,11 +144,13 @@ def plot(rows, path, logx=False):
         acc_ax.set_ylabel("multiple-choice continuation accuracy")
         acc_ax.set_title("downstream: accuracy vs epoch")
         acc_ax.grid(alpha=0.3)
-        acc_ax.legend(fontsize=8)
+        acc_ax.legend(**legend)
         if logx:
             acc_ax.set_xscale("symlog", linthresh=1)
+            acc_ax.set_xlim(left=0)  # symlog's automatic margin would show negative epochs
     if logx:
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
     unit = "nats/token (bytes: nats/byte)" if all(r["bits_per_byte"] for r in rows) else "nats/token"
     ax.set_xlabel("epoch (passes over the unique tokens)")
     ax.set_ylabel(f"loss, {unit}; diffusion: ELBO bound")
@@ -152,7 +158,7 @@ def plot(rows, path, logx=False):
     if finals:
         ax.set_ylim(min(finals) * 0.95, min(max(finals) * 1.05, min(finals) * 2.5))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(**legend)
     ax.set_title("AR vs masked diffusion on repeated data")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

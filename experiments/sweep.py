@@ -449,12 +449,13 @@ def main(argv=None):
     if config.plan_only:
         return None
     t_start = time.time()  # --time_budget_s counts from here: training, not planning
-    if config.budget_s:  # what the plan left of --budget_s is a stop too
-        left = max(config.budget_s - (t_start - t_plan), 0.01)
+    if config.budget_s:  # what the plan left of --budget_s is a stop too, less ~15 s for the last evaluations,
+        # saves and the table
+        left = max(config.budget_s - (t_start - t_plan) - 15, 0.01)
         config.time_budget_s = min(config.time_budget_s or left, left)
     print(f"training {len(grid)} runs, {jobs} at a time", flush=True)
     failed = train_all(grid, config, jobs, t_start)
-    runs = list(grid)
+    runs, winners = list(grid), None
     folders = lambda: [os.path.join(config.out, r["name"]) for r in runs]  # noqa: E731
     if not failed and all(map(run_is_finished, folders())) and config.repeat_seeds:
         setting_of = {r["name"]: r["setting"] for r in runs}
@@ -474,19 +475,23 @@ def main(argv=None):
               f"command again to continue them")
         return None
     rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--logx"])
-    print(verdict(rows, {r["name"]: r["setting"] for r in runs}))
+    print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
     print(f"sweep done in {compare_time(t_start)} (min:s)")
     return rows
 
 
-def verdict(rows, setting_of):
-    """Each kind's best setting (lowest mean best-val over seeds) and the margin between the two kinds."""
+def verdict(rows, setting_of, chosen=None):
+    """Each kind's best setting (lowest mean best-val over seeds) and the margin between the two kinds. With
+    `chosen` ({kind: setting}: the grid's winners that --repeat_seeds ran again), each kind is that setting, over
+    all its seeds: a setting with one lucky seed does not beat the winner's honest mean."""
     groups = {}
     for r in rows:
         groups.setdefault(setting_of[r["run"]], []).append(r)
     best = {}
     for setting, runs in groups.items():
         kind, epochs = setting[0], setting[-1]
+        if chosen and setting != chosen.get(kind, setting):
+            continue
         vals = [r["best_val"] for r in runs]
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
