@@ -37,7 +37,8 @@ JOBS=${JOBS:-0}                               # runs at once (0: as many as the 
 # 128 windows of 513 tokens per step (65K tokens); MIN_ITERS halves it for short runs. Large micro-batches keep
 # these small models from waiting on Python (at 32 windows a 6 x 384 model reached 6% MFU on an H100). Dropout 0.1 for both kinds, as in both papers' code; the papers' loader's
 # epoch order (a fresh document order every epoch).
-TRAIN=${TRAIN:---block_size=512 --batch_size=128 --dropout=0.1 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --ckpt_interval=1000000000}
+DROPOUT=${DROPOUT:-0.1}
+TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --ckpt_interval=1000000000}
 
 python3 prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
     --name="python_bpe$VOCAB" --reuse
@@ -48,5 +49,5 @@ python3 experiments/sweep.py --unique_tokens="$U" --out="$OUT" --evals=20 --jobs
     --status_every_s=30 --ar_models="$AR_MODELS" --diffusion_models="$DIFFUSION_MODELS" \
     --ar_epochs="$AR_EPOCHS" --diffusion_epochs="$DIFFUSION_EPOCHS" --ar_variants="$AR_VARIANTS" \
     --ar_options="--lr=$AR_LR" --diffusion_options="--lr=$DIFFUSION_LR" \
-    -- --data_dir="$DATA_DIR" --dataset="python_bpe$VOCAB" $TRAIN
+    -- --data_dir="$DATA_DIR" --dataset="python_bpe$VOCAB" --dropout="$DROPOUT" $TRAIN
 echo "recipe: $(( $(date +%s) - t0 ))s in all (BUDGET ${BUDGET}s)"

@@ -255,7 +255,7 @@ def repeats_seconds(grid, config):
     return n * sum(max([r["seconds"] for r in grid if r["kind"] == kind] or [0.0]) for kind in ("ar", "diffusion"))
 
 
-def print_plan(grid, config, peak):
+def print_plan(grid, config, peak, startup_s):
     """The plan's table and its total; with a measured or assumed rate, each run's minutes."""
     timed = all(run["seconds"] is not None for run in grid)
     print(f"{'run':<30} {'params':>8} {'FLOPs/tok':>10} {'tokens':>12} {'FLOPs':>9} {'steps':>6} {'tok/step':>8}"
@@ -272,10 +272,14 @@ def print_plan(grid, config, peak):
     text = f"plan: {len(grid)} runs, {total_flops:.2e} training FLOPs"
     if timed:
         repeats = repeats_seconds(grid, config)
-        text += (f", about {(sum(r['seconds'] for r in grid) + repeats) / 60:.1f} min with the runs counted one "
-                 f"after another (evaluations included" + (f"; the repeats at most {repeats / 60:.1f} min" if repeats
-                                                           else "") + ")")
+        text += (f", about {plan_seconds(grid, config, startup_s) / 60:.1f} min in all: the runs counted one after "
+                 f"another, evaluations included" + (f", the repeats at most {repeats / 60:.1f} min" if repeats
+                                                     else "") + f", {startup_s:.0f} s to plan and start")
     print(text, flush=True)
+
+
+def plan_seconds(grid, config, startup_s):
+    return startup_s + sum(run["seconds"] for run in grid) + repeats_seconds(grid, config)
 
 
 def check_budget(grid, config, startup_s):
@@ -284,12 +288,12 @@ def check_budget(grid, config, startup_s):
     if not config.budget_s or any(run["seconds"] is None for run in grid):
         return
     train_s = sum(run["tokens"] / run["rate"] for run in grid)
-    total = startup_s + sum(run["seconds"] for run in grid) + repeats_seconds(grid, config)
+    total = plan_seconds(grid, config, startup_s)
     if total <= config.budget_s:
         return
     scale = 1 + repeats_seconds(grid, config) / max(sum(run["seconds"] for run in grid), 1e-9)
     room = config.budget_s - startup_s - (sum(run["seconds"] for run in grid) - train_s) * scale
-    fit = int(0.9 * config.unique_tokens * max(room, 0) / (train_s * scale) // 10000 * 10000)  # 10% to spare
+    fit = int(float(f"{0.9 * config.unique_tokens * max(room, 0) / (train_s * scale):.2g}"))  # 10% to spare
     hint = f"--unique_tokens={fit} would" if fit > 0 else "no unique-token budget does: use fewer runs that"
     raise UserError(f"the plan needs about {total / 60:.1f} min but the budget is {config.budget_s / 60:.1f} min: "
                     f"{hint} fit (or drop sizes, variants or epoch counts)")
@@ -325,8 +329,9 @@ def plan(grid, config, extra):
         print(f"measured {len(rates)} model(s) on {device_name(device)} in {time.time() - t0:.0f}s "
               f"({config.measure_steps} steps each, eager)")
     estimate(grid, config, rates)
-    print_plan(grid, config, peak_flops_s)
-    check_budget(grid, config, startup_s=time.time() - t0 + 20)
+    startup_s = time.time() - t0 + 20  # measuring, and ~20 s for the runs' processes to start
+    print_plan(grid, config, peak_flops_s, startup_s)
+    check_budget(grid, config, startup_s)
     if config.jobs:
         return config.jobs
     cuda = [r for r in grid if rates and rates.get(shape_key(r), (0, None))[1] is not None]

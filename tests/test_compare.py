@@ -1,5 +1,6 @@
 import builtins
 import json
+import re
 import math
 import os
 import subprocess
@@ -125,31 +126,86 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
 
 
 def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
-    """The GPU recipe end to end with tiny settings: the offline Python corpus, a BPE, both kinds at two sizes,
-    the plan before the runs, then the table and a verdict that names each kind's best size."""
+    """The GPU recipe end to end with tiny settings: the offline Python corpus, a BPE, AR at two regularisations
+    and two epoch counts, diffusion at two sizes, two runs at a time, a measured plan before the runs, every run at least MIN_ITERS steps,
+    the winners repeated with two more seeds, then the table and a verdict over the winners' seeds."""
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
-               AR_MODELS="1x32x2,2x32x2", DIFFUSION_MODELS="1x32x2", AR_EPOCHS="1", DIFFUSION_EPOCHS="3",
-               BUDGET="600", OMP_NUM_THREADS="1",
-               TRAIN="--block_size=32 --batch_size=8 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
+               AR_MODELS="1x32x2", DIFFUSION_MODELS="1x32x2,2x32x2", AR_EPOCHS="1,3", DIFFUSION_EPOCHS="4",
+               MIN_ITERS="8", BUDGET="600", OMP_NUM_THREADS="1", JOBS="2",
+               TRAIN="--block_size=32 --batch_size=16 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
     result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    runs = ["ar_1x32x2_e1", "ar_2x32x2_e1", "diffusion_1x32x2_e3"]
-    assert out.index("plan: 3 runs") < out.index("running:")
-    for run in runs:
+    grid = [f"ar_1x32x2_{v}_e{e}" for v in ("papers", "strong") for e in (1, 3)] + \
+        ["diffusion_1x32x2_e4", "diffusion_2x32x2_e4"]
+    plan = {}  # the plan's row of each run: the first line that starts with its name
+    for line in out.splitlines():
+        if line.split() and line.split()[0] in grid:
+            plan.setdefault(line.split()[0], line.split())
+    assert sorted(plan) == sorted(grid) and out.index("plan: 6 runs") < out.index("running:")
+    assert all(float(row[7].replace(",", "")) > 0 for row in plan.values())  # a measured tokens/s for every run
+    windows = (3000 - 1) // 32
+    for run in grid:
         log = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
-        assert log[-1]["done"] and log[-1]["unique_tokens"] == 3000 and log[-1]["kind"] == run.split("_")[0]
         config = torch.load(tmp_path / "out" / run / "ckpt.pt", weights_only=False)["config"]
+        assert log[-1]["done"] and log[-1]["unique_tokens"] == 3000 and log[-1]["kind"] == run.split("_")[0]
         assert config["dataset"] == "python_bpe300" and config["lr"] == (1e-3 if run.startswith("ar") else 1.5e-3)
-        assert config["n_layer"] == int(run.split("_")[1][0]) and config["warmup_fraction"] == 0.0
-    best_ar = min((json.loads(line)["val_loss"] for run in runs[:4]
-                   for line in open(tmp_path / "out" / run / "log.jsonl")))
+        assert config["weight_decay"] == (1.0 if "strong" in run else 0.1) and config["dropout"] == 0.1
+        # at least MIN_ITERS optimizer steps: the 1-epoch AR runs on 93 windows get 8 windows a step, not 16
+        assert log[-1]["iter"] >= 8 and int(plan[run][5]) == log[-1]["iter"]
+        assert config["batch_size"] == (8 if run.endswith("_e1") else 16)
+        assert log[-1]["iter"] == -(-round(float(run.rsplit("_e", 1)[1]) * windows) // config["batch_size"])
+    repeats = re.search(r"repeating each kind's best setting with seeds 2,3: (.+)", out).group(1).split(", ")
+    assert len(repeats) == 4 and all(r.rsplit("_s", 1)[0] in grid for r in repeats)
+    winners = {r.rsplit("_s", 1)[0] for r in repeats}
+    best_vals = {name: min(json.loads(line)["val_loss"] for line in open(tmp_path / "out" / name / "log.jsonl"))
+                 for name in grid + repeats}
+    for kind in ("ar", "diffusion"):  # the grid's winner of each kind is the run with the lowest best val
+        assert min((n for n in grid if n.startswith(kind)), key=best_vals.get) in winners
     verdict = [line for line in out.splitlines() if line.startswith("best AR")]
-    assert len(verdict) == 1 and f"{best_ar:.4f}" in verdict[0] and "best diffusion (1x32x2)" in verdict[0]
-    assert "lower by" in verdict[0]
+    ar_winner = next(w for w in winners if w.startswith("ar"))
+    ar_mean = sum(best_vals[n] for n in (ar_winner, ar_winner + "_s2", ar_winner + "_s3")) / 3
+    assert len(verdict) == 1 and f"best AR ({ar_winner.split('_')[1]} {ar_winner.split('_')[2]}) {ar_mean:.4f}" \
+        in verdict[0] and verdict[0].count("(std over 3 seeds)") == 2 and "lower by" in verdict[0]
     meta = json.load(open(tmp_path / "data" / "python_bpe300" / "meta.json"))
     assert meta["tokenizer"] == "bpe" and meta["bpe_vocab_size"] == 300 and meta["eot_id"] == 300
+    # checkpoints only at the end: each run leaves its final ckpt.pt and best.pt, nothing else
+    assert sorted(os.listdir(tmp_path / "out" / grid[0])) == ["best.pt", "ckpt.pt", "log.jsonl", "stdout.txt"]
+
+
+def test_a_plan_over_its_budget_is_refused_before_anything_is_written(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "sweep")
+    grid = ["--ar_epochs=200", "--diffusion_epochs=2000", f"--out={out}", "--measure_steps=2"]
+    train = ["--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny"]
+    with pytest.raises(UserError, match=r"the plan needs about [0-9.]+ min but the budget is 1.0 min: "
+                                        r"--unique_tokens=\d+ would fit") as refused:
+        sweep.main(["--unique_tokens=2000", *grid, "--budget_s=60", *train])
+    assert not os.path.exists(out)
+    needed = float(re.search(r"needs about ([0-9.]+) min", str(refused.value)).group(1))
+    assert f"about {needed:.1f} min in all" in capsys.readouterr().out  # the plan printed what it refused
+    fit = int(re.search(r"--unique_tokens=(\d+)", str(refused.value)).group(1))
+    assert 0 < fit < 2000 * 60 / (needed * 60)
+    # the named U fits (a budget with room for the timing noise of a second measurement)
+    sweep.main([f"--unique_tokens={fit}", *grid, "--budget_s=80", "--plan_only", *train])
+
+
+def test_verdict_with_repeats_reports_the_repeated_winners_over_all_their_seeds():
+    """A setting that ran once with a lucky seed must not displace the winner that was repeated: the verdict
+    reports the repeated setting's mean."""
+    def row(run, kind, best):
+        return {"run": run, "kind": kind, "best_val": best, "best_epoch": 10}
+    rows = [row("a", "ar", 5.18), row("a_s2", "ar", 5.21), row("a_s3", "ar", 5.20), row("b", "ar", 5.19),
+            row("d", "diffusion", 5.60), row("d_s2", "diffusion", 5.72), row("d_s3", "diffusion", 5.68),
+            row("e", "diffusion", 5.66)]
+    a, b, d, e = ("ar", "4x256", "papers", 10.0), ("ar", "4x256", "strong", 10.0), ("diffusion", "6x384", "", 250.0), \
+        ("diffusion", "4x256", "", 250.0)
+    setting_of = {"a": a, "a_s2": a, "a_s3": a, "b": b, "d": d, "d_s2": d, "d_s3": d, "e": e}
+    text = sweep.verdict(rows, setting_of, {"ar": a, "diffusion": d})
+    assert text.startswith("best AR (4x256 papers) 5.1967 +- 0.0153 (std over 3 seeds)")
+    assert "best diffusion (6x384) 5.6667 +- 0.0611 (std over 3 seeds) at epoch 10.0 of 250-epoch runs" in text
+    assert text.endswith("AR lower by 0.4700 nats/token")
+    assert "best AR (4x256 strong) 5.1900 at" in sweep.verdict(rows, setting_of)  # without: the lowest mean
 
 
 def test_sweep_time_budget_stops_and_the_same_command_finishes(data_dir, tmp_path, capsys):

@@ -1,0 +1,198 @@
+"""The GPU path's defects, pinned on a CPU: what a resume keeps, the number format across devices, RNG state from a
+host with more GPUs, the backend for --device=cpu under torchrun, exact GPU names for MFU, and checkpoints written
+only where they are due (the best weights waiting in memory)."""
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import trainer
+import train_ar
+from conftest import tiny_args
+from checkpoint import load_checkpoint
+from cli import UserError
+from test_training import read_log, train
+from trainer import configure, number_format, peak_flops, rng_state, set_rng_state, setup_distributed
+
+
+def test_a_resumed_run_keeps_every_saved_option_the_command_line_does_not_give(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10", "--log_interval=7", "--stop_after_s=0.01")
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    assert ckpt["iter"] < 20  # stopped early, checkpointed
+    # --compile is saved as if the run had been started with it (compiling itself needs a C++ toolchain)
+    ckpt["config"]["compile"] = True
+    torch.save(ckpt, out + "/ckpt.pt")
+    config, _, given = configure("ar", ["--resume", f"--out_dir={out}"])
+    assert config.compile and config.log_interval == 7 and config.stop_after_s == 0.01 and config.resume
+    assert given == {"resume", "out_dir"}
+    config, _, _ = configure("ar", ["--resume", f"--out_dir={out}", "--log_interval=3", "--compile=false"])
+    assert config.log_interval == 3 and not config.compile and config.n_layer == 2
+    with pytest.raises(UserError, match="--n_layer"):
+        configure("ar", ["--resume", f"--out_dir={out}", "--n_layer=3"])
+
+
+def test_the_number_format_is_saved_and_a_resume_elsewhere_says_what_changed(monkeypatch, capsys):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    saved = {"dtype": "float16"}
+    # a T4 run resumed on a CPU: float32, said in one line
+    assert number_format(trainer.TrainConfig(), saved, set(), cpu) == torch.float32
+    assert "saved in float16 and continues in float32 on cpu" in capsys.readouterr().out
+    # a T4 run resumed on an A100 keeps float16 (auto would pick bf16 there), silently
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert number_format(trainer.TrainConfig(), saved, set(), cuda) == torch.float16
+    assert capsys.readouterr().out == ""
+    # an A100 bf16 run resumed on a T4 (bf16 only emulated): float16, said
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert number_format(trainer.TrainConfig(), {"dtype": "bfloat16"}, set(), cuda) == torch.float16
+    assert "saved in bfloat16 and continues in float16 on cuda" in capsys.readouterr().out
+    # --dtype given on the command line wins, and the change is said
+    config = trainer.TrainConfig(dtype="float32")
+    assert number_format(config, {"dtype": "bfloat16"}, {"dtype"}, cuda) == torch.float32
+    assert "continues in float32" in capsys.readouterr().out
+    # a checkpoint without a saved format (older versions): this device's choice, nothing said
+    assert number_format(trainer.TrainConfig(), {}, set(), cpu) == torch.float32
+    assert capsys.readouterr().out == ""
+
+
+def test_a_cpu_run_saved_as_float16_resumes_on_a_cpu_in_float32_and_finishes(data_dir, tmp_path, capsys):
+    """The T4 case on a CPU: a checkpoint whose format and grad scaler state this device cannot use."""
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10", "--stop_after_s=0.01")
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    assert ckpt["dtype"] == "float32"
+    ckpt.update(dtype="float16", scaler={"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                          "growth_interval": 2000, "_growth_tracker": 0})
+    torch.save(ckpt, out + "/ckpt.pt")
+    capsys.readouterr()
+    train("ar", data_dir, out, "--resume", "--stop_after_s=0")
+    assert "continues in float32 on cpu" in capsys.readouterr().out
+    assert read_log(out)[-1]["done"] and load_checkpoint(out + "/ckpt.pt")["dtype"] == "float32"
+
+
+def test_rng_state_of_the_runs_own_gpu_only_and_a_checkpoint_from_a_host_with_more_gpus(monkeypatch):
+    assert rng_state(torch.device("cpu"))["cuda"] is None
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: calls.append((state, device)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: f"state of {device}")
+    torch_state = torch.get_rng_state()
+    assert rng_state(torch.device("cuda", 1))["cuda"] == "state of cuda:1"
+    # an older checkpoint: every GPU of a 4-GPU host; resumed on a 1-GPU host it takes its own device's
+    old = {"torch": torch_state, "cuda": ["gpu0", "gpu1", "gpu2", "gpu3"]}
+    set_rng_state(old, torch.device("cuda", 0))
+    set_rng_state(old, torch.device("cuda", 2))
+    set_rng_state({"torch": torch_state, "cuda": "mine"}, torch.device("cuda", 0))
+    set_rng_state({"torch": torch_state, "cuda": "mine"}, torch.device("cpu"))  # a GPU run resumed on a CPU
+    set_rng_state({"torch": torch_state, "cuda": None}, torch.device("cuda", 0))  # a CPU run resumed on a GPU
+    assert [c[0] for c in calls] == ["gpu0", "gpu2", "mine"]
+
+
+@pytest.mark.parametrize("device,backend", [("cpu", "gloo"), ("cuda", "nccl")])
+def test_torchrun_picks_the_backend_of_the_runs_device_not_of_the_host(device, backend, monkeypatch):
+    import torch.distributed as dist
+    chosen = []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with GPUs
+    assert setup_distributed(torch.device(device)) == (0, 2, 0)
+    assert chosen == [backend]
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                       ("NVIDIA H100 NVL", None), ("NVIDIA L4", 121e12), ("NVIDIA L40", None),
+                                       ("NVIDIA L40S", 362e12), ("NVIDIA A10G", None), ("Tesla T4", 65e12),
+                                       ("NVIDIA GeForce RTX 4090", 82.6e12), ("NVIDIA GeForce RTX 4090 D", None)])
+def test_gpu_peaks_by_exact_name_and_unknown_rather_than_wrong(name, peak, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda")) == peak
+    assert peak_flops(torch.device("cpu")) is None
+
+
+def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weights(data_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    saved, real_val = [], []
+    real_save = checkpoint.atomic_save
+
+    def recording_save(obj, path):
+        saved.append((os.path.basename(path), obj["iter"]))
+        real_save(obj, path)
+
+    def validation_worse_after_iteration_20(model, windows, window_ids, config, mask_id):
+        nats, count = train_ar.validation_loss(model, windows, window_ids, config, mask_id)
+        real_val.append(nats / count)
+        return nats + (10.0 * count if len(real_val) > 5 else 0.0), count  # evaluations 6.. (iter 25..) look bad
+    monkeypatch.setattr(trainer, "atomic_save", recording_save)
+    trainer.run("ar", True, train_ar.training_loss, validation_worse_after_iteration_20,
+                tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
+    assert [r["iter"] for r in read_log(out)][4] == 20 and real_val[4] < real_val[0]
+    # a fresh run checkpoints at iteration 0 and then only at its end; best.pt goes with each checkpoint
+    assert saved == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 20), ("ckpt.pt", 40)]
+    best = load_checkpoint(out + "/best.pt")
+    model, config = checkpoint.model_from_checkpoint(best), trainer.TrainConfig(**best["config"])
+    meta = trainer.load_meta(os.path.join(data_dir, "tiny"))
+    val = trainer.val_windows(trainer.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
+                              config.eval_windows)
+    with torch.no_grad():
+        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), config, model.config.mask_id)
+    assert best["best_val"] == pytest.approx(real_val[4]) and abs(nats / count - real_val[4]) < 1e-5
+    assert abs(nats / count - real_val[-1]) > 1e-3  # the final weights are different ones
+
+
+def test_no_non_finite_weights_reach_best_pt_either(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    calls = []
+
+    def poisoned(model, windows, noise, mask_id):
+        calls.append(1)
+        loss = train_ar.training_loss(model, windows, noise, mask_id)
+        return loss * float("nan") if len(calls) > 6 else loss
+    with pytest.raises(UserError, match="not finite at iteration 6"):
+        trainer.run("ar", True, poisoned, train_ar.validation_loss,
+                    tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
+    for name in ("best.pt", "ckpt.pt"):
+        ckpt = load_checkpoint(os.path.join(out, name))
+        assert ckpt["iter"] <= 5 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path):
+    from conftest import ROOT
+    import subprocess
+    env = dict(os.environ, OUT=str(tmp_path / "smoke"), DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="2")
+    script = os.path.join(ROOT, "experiments", "gpu_smoke.sh")
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    checks = [line.split()[1] for line in lines if line.startswith("ok ")]
+    assert checks == ["data", "cpu_train_stop", "cpu_resume", "cpu_train_ar", "sample_ar", "sample_diffusion",
+                      "evaluate"]
+    assert any(line.startswith("skip") and "no GPU here" in line for line in lines)
+    assert lines[-1] == "smoke: every check passed"
+    log = read_log(str(tmp_path / "smoke" / "diffusion"))
+    assert log[-1]["done"] and log[-1]["iter"] == 20  # stopped, checkpointed, resumed to the end
+    # the first failure stops it, named, with its last lines
+    (tmp_path / "not_a_folder").write_text("")
+    env["DATA_DIR"] = str(tmp_path / "not_a_folder")
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "FAIL  data" in result.stdout and "ok " not in result.stdout
+    assert "every check passed" not in result.stdout
+
+
+def test_prepare_reuses_a_folder_made_from_the_same_inputs_and_rewrites_one_that_is_not(tmp_path, capsys):
+    import prepare_data
+    args = [f"--data_dir={tmp_path}", "--tokenizer=bpe", "--vocab_size=300", "--reuse"]
+    folder = prepare_data.main(args)
+    stamp = os.path.getmtime(os.path.join(folder, "train.bin"))
+    capsys.readouterr()
+    assert prepare_data.main(args) == folder
+    assert "reusing" in capsys.readouterr().out and os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
+    with open(os.path.join(folder, "val.bin"), "ab") as f:  # a damaged folder is not reused
+        f.write(b"\0\0")
+    prepare_data.main(args)
+    assert "wrote" in capsys.readouterr().out
+    prepare_data.main(args[:-2] + ["--vocab_size=290", "--reuse", f"--name={os.path.basename(folder)}"])
+    assert "wrote" in capsys.readouterr().out  # other options: prepared again
+    prepare_data.main(args[:-1])
+    assert "wrote" in capsys.readouterr().out  # without --reuse: always prepared again
