@@ -3,14 +3,16 @@
 # of CPython's standard-library source (prepare_data.py --dataset python: no download), then compare.py's table,
 # plot and verdict, each kind at its best setting. Within BUDGET seconds, data, planning and evaluation included.
 #
-#   bash experiments/gpu_recipe.sh                    # one H100: 8 minutes by its own measured plan
-#   U=300000 BUDGET=3300 bash experiments/gpu_recipe.sh   # a free Colab T4 (float16 there), under an hour
+#   bash experiments/gpu_recipe.sh                    # one H100: 7 minutes, measured (docs/RESULTS.md)
+#   BUDGET=3300 bash experiments/gpu_recipe.sh        # a longer budget (colab.ipynb's T4 setting: 55 minutes,
+#                                                     # the same steps in micro-steps of 32 windows)
 #
 # The grid (docs/RESULTS.md says why these): AR at two sizes, three epoch counts and two regularisations (the
 # papers' dropout 0.1 + weight decay 0.1, and a strong weight decay 1.0, the tuned-AR baseline that closes much of
 # the gap in the literature); diffusion at two sizes, the larger about 3x AR's larger in non-embedding parameters.
 # Once the grid is done, each kind's best setting runs again with two more seeds, and the verdict averages them.
-# Every run trains at once on the one GPU (as many processes as its memory holds, measured). Before training, the
+# The runs share the one GPU (as many processes at once as its memory holds, measured; on an H100 that was no faster
+# than one after another at these sizes, and no slower). Before training, the
 # plan times a few steps of each model on this GPU and prints every run's tokens/s, MFU and minutes; a plan over
 # BUDGET is refused in one line that names a U that would fit. Checkpoints are written at the end of each run only
 # (its best weights wait in memory): each run leaves ckpt.pt and best.pt, nothing in between.
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 t0=$(date +%s)
 DATA_DIR=${DATA_DIR:-data}
 VOCAB=${VOCAB:-8192}                          # BPE trained on the train split; reused when already prepared
-U=${U:-500000}                                # unique training tokens
+U=${U:-300000}                                # unique training tokens (what fit 8 minutes on an H100, measured)
 OUT=${OUT:-out/gpu_recipe}
 BUDGET=${BUDGET:-480}                         # seconds for the whole call
 AR_MODELS=${AR_MODELS:-3x192,4x256}           # layers x width; heads = width / 64
