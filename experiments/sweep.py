@@ -202,7 +202,8 @@ def measure(kind, train, meta, steps, warmup=3):
     timed = time.perf_counter()
     for i in range(steps + warmup):
         if i == warmup:
-            (torch.cuda.synchronize(device) if device.type == "cuda" else None)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             timed = time.perf_counter()
         noise = TrainingNoise(0, i, 0, train.batch_size, slice(0, train.batch_size), train.block_size, device)
         with autocast:
@@ -312,7 +313,7 @@ def auto_jobs(grid, peaks):
     return max(jobs, 1)
 
 
-def plan(grid, config, extra):
+def plan(grid, config):
     """Size, time and print the grid; with --measure_steps, measure each model on this device. Returns the jobs to
     run at once."""
     size_runs(grid, config)
@@ -334,8 +335,10 @@ def plan(grid, config, extra):
     check_budget(grid, config, startup_s)
     if config.jobs:
         return config.jobs
-    cuda = [r for r in grid if rates and rates.get(shape_key(r), (0, None))[1] is not None]
-    return auto_jobs(grid, {k: v[1] for k, v in rates.items()}) if cuda and len(cuda) == len(grid) else 1
+    peaks = {key: peak for key, (_, peak) in rates.items()}
+    if grid and all(peaks.get(shape_key(run)) is not None for run in grid):  # every model measured on a GPU
+        return auto_jobs(grid, peaks)
+    return 1
 
 
 def device_name(device):
@@ -450,7 +453,7 @@ def main(argv=None):
     list_items("repeat_seeds", config.repeat_seeds, int)
     t_plan = time.time()
     grid = make_grid(config, extra)
-    jobs = plan(grid, config, extra)
+    jobs = plan(grid, config)
     if config.plan_only:
         return None
     t_start = time.time()  # --time_budget_s counts from here: training, not planning

@@ -282,3 +282,15 @@ def test_accuracy_columns_verdict_and_second_panel(tmp_path):
     compare.main([str(tmp_path / "ar"), str(tmp_path / "df"), f"--plot={tmp_path / 'two.png'}"])
     import matplotlib.image
     assert matplotlib.image.imread(str(tmp_path / "two.png")).shape[1] > 1500  # two panels side by side
+
+
+def test_jobs_at_once_are_as_many_as_the_gpus_memory_holds_by_the_measured_peaks(monkeypatch):
+    class Card:
+        total_memory = 80e9
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Card())
+    grid = [{"kind": "ar", "train": None, "peak": 10e9}] * 6 + [{"kind": "diffusion", "train": None, "peak": 20e9}] * 2
+    monkeypatch.setattr(sweep, "shape_key", lambda run: (run["kind"], run["peak"]))
+    peaks = {("ar", 10e9): 10e9, ("diffusion", 20e9): 20e9}
+    # the largest first, ~1 GB each for the CUDA context, within 90% of the card: 21 + 21 + 11 + 11 < 72 < + 11
+    assert sweep.auto_jobs(grid, peaks) == 4
+    assert sweep.auto_jobs(grid[:1], {("ar", 10e9): 100e9}) == 1  # one run always goes, even if it may not fit
