@@ -196,3 +196,28 @@ def test_prepare_reuses_a_folder_made_from_the_same_inputs_and_rewrites_one_that
     assert "wrote" in capsys.readouterr().out  # other options: prepared again
     prepare_data.main(args[:-1])
     assert "wrote" in capsys.readouterr().out  # without --reuse: always prepared again
+
+
+def test_training_steps_do_not_wait_for_the_device_between_logs(data_dir, tmp_path, monkeypatch):
+    """Reading a tensor's value (item, float, int, bool) makes the CPU wait for the GPU: a run of 30 steps must read
+    no more values than a run of 10 with the same evaluations, progress lines and checkpoints."""
+    import sys
+    from conftest import ROOT
+    reads = []
+
+    def counted(real):
+        def read(self):
+            caller = sys._getframe(1).f_code.co_filename  # the project's reads only (CPU AdamW reads its step count)
+            if caller.startswith(ROOT) and "site-packages" not in caller:
+                reads.append(caller)
+            return real(self)
+        return read
+    for name in ("item", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    counts = []
+    for steps in (10, 30):
+        reads.clear()
+        train("diffusion", data_dir, str(tmp_path / f"run{steps}"), f"--max_iters={steps}", f"--eval_interval={steps}",
+              f"--log_interval={steps}", "--elbo_samples=2", "--dropout=0.1")
+        counts.append(len(reads))
+    assert counts[0] == counts[1] > 0
