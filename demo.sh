@@ -6,11 +6,12 @@
 # curves show, in words: a verdict by validation loss and one by the test's accuracy.
 set -euo pipefail
 cd "$(dirname "$0")"
-python3 prepare_data.py --tokenizer bpe --vocab_size 1024
+PYTHON=${PYTHON:-python3}  # the interpreter to run (the tests pass their own)
+"$PYTHON" prepare_data.py --tokenizer bpe --vocab_size 1024
 COMMON=(--dataset=default_bpe1024 --unique_tokens=50000 --n_layer=2 --n_embd=64 --n_head=2 --dropout=0.1 --overwrite)
-python3 train_ar.py "${COMMON[@]}" --epochs=32 --eval_epochs=1 --log_interval=100 "$@"
-python3 train_diffusion.py "${COMMON[@]}" --epochs=300 --eval_epochs=30 --log_interval=500 "$@"
-python3 compare.py out/ar out/diffusion
+"$PYTHON" train_ar.py "${COMMON[@]}" --epochs=32 --eval_epochs=1 --log_interval=100 "$@"
+"$PYTHON" train_diffusion.py "${COMMON[@]}" --epochs=300 --eval_epochs=30 --log_interval=500 "$@"
+"$PYTHON" compare.py out/ar out/diffusion
 cat <<'TEXT'
 
 What it takes to see diffusion cross below AR: more compute per unique token than a CPU gives in minutes. The

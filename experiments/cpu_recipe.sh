@@ -6,6 +6,7 @@
 # Usage: bash experiments/cpu_recipe.sh [extra training options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -f data/default/meta.json ] || python3 prepare_data.py
-python3 experiments/sweep.py --unique_tokens=50000 --ar_epochs=16,32,64 --diffusion_epochs=200,400 --evals=40 \
+PYTHON=${PYTHON:-python3}  # the interpreter to run (the tests pass their own)
+[ -f data/default/meta.json ] || "$PYTHON" prepare_data.py
+"$PYTHON" experiments/sweep.py --unique_tokens=50000 --ar_epochs=16,32,64 --diffusion_epochs=200,400 --evals=40 \
     --out=out/cpu_recipe --jobs=1 -- --n_layer=2 --n_embd=64 --n_head=2 "$@"

@@ -20,6 +20,7 @@
 # Every setting below can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}  # the interpreter to run (the tests pass their own)
 t0=$(date +%s)
 DATA_DIR=${DATA_DIR:-data}
 VOCAB=${VOCAB:-8192}                          # BPE trained on the train split; reused when already prepared
@@ -42,11 +43,11 @@ JOBS=${JOBS:-0}                               # runs at once (0: as many as the 
 DROPOUT=${DROPOUT:-0.1}
 TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --ckpt_interval=1000000000}
 
-python3 prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
+"$PYTHON" prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
     --name="python_bpe$VOCAB" --reuse
 left=$((BUDGET - ($(date +%s) - t0)))
 # shellcheck disable=SC2086  # TRAIN is a list of options
-python3 experiments/sweep.py --unique_tokens="$U" --out="$OUT" --evals=20 --jobs="$JOBS" --measure_steps=10 \
+"$PYTHON" experiments/sweep.py --unique_tokens="$U" --out="$OUT" --evals=20 --jobs="$JOBS" --measure_steps=10 \
     --budget_s="$left" --min_iters="$MIN_ITERS" --repeat_seeds="$REPEAT_SEEDS" \
     --status_every_s=30 --ar_models="$AR_MODELS" --diffusion_models="$DIFFUSION_MODELS" \
     --ar_epochs="$AR_EPOCHS" --diffusion_epochs="$DIFFUSION_EPOCHS" --ar_variants="$AR_VARIANTS" \

@@ -131,7 +131,7 @@ def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
     the winners repeated with two more seeds, then the table and a verdict over the winners' seeds."""
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
                AR_MODELS="1x32x2", DIFFUSION_MODELS="1x32x2,2x32x2", AR_EPOCHS="1,3", DIFFUSION_EPOCHS="4",
-               MIN_ITERS="8", BUDGET="600", OMP_NUM_THREADS="1", JOBS="2",
+               MIN_ITERS="8", BUDGET="600", OMP_NUM_THREADS="1", JOBS="2", PYTHON=sys.executable,
                TRAIN="--block_size=32 --batch_size=16 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
     result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")], env=env,
                             capture_output=True, text=True, timeout=300)

@@ -160,7 +160,10 @@ def test_no_non_finite_weights_reach_best_pt_either(data_dir, tmp_path):
 def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path):
     from conftest import ROOT
     import subprocess
-    env = dict(os.environ, OUT=str(tmp_path / "smoke"), DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="2")
+    import sys
+    # the interpreter running the tests, whatever `python3` on PATH is
+    env = dict(os.environ, OUT=str(tmp_path / "smoke"), DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="2",
+               PYTHON=sys.executable)
     script = os.path.join(ROOT, "experiments", "gpu_smoke.sh")
     result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
