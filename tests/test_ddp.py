@@ -18,8 +18,8 @@ def read_log(folder):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("epoch_order", ["fixed", "documents"])
-def test_two_gloo_processes_equal_one_process_with_twice_the_batch(epoch_order, tmp_path):
+@pytest.mark.parametrize("kind,epoch_order", [("diffusion", "fixed"), ("ar", "documents")])
+def test_two_gloo_processes_equal_one_process_with_twice_the_batch(kind, epoch_order, tmp_path):
     """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8, at the papers'
     dropout 0.1: each process drops exactly the rows of the global mask that one process would."""
     data_dir = make_tiny_documents(tmp_path)
@@ -27,7 +27,7 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_batch(epoch_order, 
                                    "--elbo_samples=4", "--dataset=docs", f"--epoch_order={epoch_order}",
                                    "--dropout=0.1")
               if not a.startswith(("--out_dir", "--batch_size", "--dataset=tiny"))]
-    script = os.path.join(ROOT, "train_diffusion.py")
+    script = os.path.join(ROOT, f"train_{kind}.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     subprocess.run([sys.executable, script, *common, "--batch_size=8", f"--out_dir={one}"], check=True, env=env,

@@ -96,7 +96,7 @@ def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
         assert result["val_loss"] == pytest.approx(best, rel=1e-6)
         printed = capsys.readouterr().out
         assert f"val loss: {best:.4f} nats/token" in printed and "chance 0.250" in printed
-        assert 0 <= result["mc_accuracy"] <= 1 and result["chance"] == 0.25
+        assert result["chance"] == 0.25  # its accuracy against the run's own: test_mechanics
     with pytest.raises(UserError, match="longer than the context"):
         evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
     with pytest.raises(UserError, match="too short"):
@@ -127,6 +127,8 @@ def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition
     rows = sample_quality.main([f"--ref={tmp_path / 'ar'}", f"--runs={tmp_path / 'ar'},{tmp_path / 'diffusion'}",
                                 "--samples=4", "--new_tokens=16", "--fractions=0.25,1", "--block_length=8"])
     assert [(r["decoder"], r["steps"]) for r in rows] == [("AR, KV cache", 16), ("diffusion", 4), ("diffusion", 16)]
-    assert all(r["gen_ppl"] > 1 and 0 < r["entropy_bits"] <= 8 and r["tokens_per_s"] > 0 for r in rows)
+    # each row's gen-PPL is the reference's perplexity of that decoder's samples: AR's greedy-ish samples from the
+    # reference itself are the likeliest under it
+    assert rows[0]["gen_ppl"] < min(r["gen_ppl"] for r in rows[1:])
     with pytest.raises(UserError, match="must be AR"):
         sample_quality.main([f"--ref={tmp_path / 'diffusion'}", f"--runs={tmp_path / 'ar'}"])
