@@ -54,7 +54,9 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One token id per row from logits (B, V): argmax at temperature 0, else a draw after top-k / top-p."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.double() / temperature
+    # shifted so the largest is 0 before dividing: any temperature, however small or large, keeps the -inf of
+    # [MASK] and padding at -inf and never makes inf - inf
+    logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -138,9 +140,11 @@ def diffusion_generate(model, x, prompt_length, steps, block_length=0, temperatu
             masked = x == mask_id
             logits = model(x)
             if temperature > 0:
-                # Gumbel-max in float64: argmax of exp(logits) / (-log u)^temperature samples softmax(logits / T)
+                # Gumbel-max in float64: argmax of exp(logits) / (-log u)^T (LLaDA's form) samples softmax(logits / T);
+                # taken in logs, (logits - max) / T - log(-log u), so that no temperature makes 0 / 0 of a -inf logit
                 u = torch.rand(logits.shape, dtype=torch.float64, generator=generator).to(x.device)
-                candidates = (logits.double().exp() / (-torch.log(u)) ** temperature).argmax(dim=-1)
+                shifted = logits.double() - logits.max(dim=-1, keepdim=True).values.double()
+                candidates = (shifted / temperature - torch.log(-torch.log(u))).argmax(dim=-1)
             else:
                 candidates = logits.argmax(dim=-1)
             if remasking == "low_confidence":

@@ -239,3 +239,17 @@ def test_evaluate_scores_the_items_a_run_logged_with_the_logged_accuracy(data_di
     result = evaluate.main([f"--ckpt={out}", "--mc_items=60"])  # best.pt, the run's own items (its eval_seed)
     assert result["mc_accuracy"] == best["mc_accuracy"] and len({r["mc_accuracy"] for r in log}) > 1
     assert json.load(open(os.path.join(data_dir, "tiny", "meta.json")))["tokenizer"] == "bytes"
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-30, 1.0, 1e30, 1e300])
+def test_no_temperature_makes_a_sampler_emit_mask_or_padding(temperature):
+    """[MASK] and the padding ids have -inf logits: neither sampler may ever choose one, at any temperature."""
+    model = sharp_model(causal=False, block_size=16)
+    n_vocab = model.config.n_vocab
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((64, 16), model.config.mask_id)
+    out = diffusion_generate(model, x, prompt_length=0, steps=16, temperature=temperature, generator=gen)
+    assert (out < n_vocab).all()
+    logits = sharp_model()(torch.randint(0, n_vocab, (64, 8), generator=gen))[:, -1]
+    for top_k, top_p in ((0, 1.0), (3, 1.0), (0, 0.5)):
+        assert (sample.sample_next(logits, temperature, top_k, top_p, generator=gen) < n_vocab).all()
