@@ -44,10 +44,16 @@ def pick_dtype(name, device):
 
 
 def atomic_save(obj, path):
-    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact. The temporary name
+    is this process's own, and an error or Ctrl-C mid-save removes it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path):

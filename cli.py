@@ -13,12 +13,16 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
-def run_cli(main):
-    """Run a script's main(): a UserError becomes one line on stderr and exit status 1."""
+def run_cli(main, interrupted="interrupted"):
+    """Run a script's main(): a UserError becomes one line on stderr and exit status 1; Ctrl-C one line (the
+    `interrupted` text) and exit status 130, the shell's code for it."""
     try:
         main()
     except UserError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

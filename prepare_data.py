@@ -157,7 +157,7 @@ def read_text(path, fmt):
 
 def write_split(tokens, path):
     arr = np.asarray(tokens, dtype=np.uint16)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # this process's own
     arr.tofile(tmp)
     os.replace(tmp, path)
     return len(arr)
@@ -229,9 +229,10 @@ def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0
         "sha256": hashlib.sha256("".join(train_docs + val_docs).encode("utf-8")).hexdigest(),
         **(extra_meta or {}),
     })
-    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
+    tmp = os.path.join(out_dir, f"meta.json.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
         json.dump(meta, f, indent=2)
-    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    os.replace(tmp, os.path.join(out_dir, "meta.json"))
     return meta
 
 

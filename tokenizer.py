@@ -121,9 +121,10 @@ def ranks_to_text(ranks):
 def save_ranks(ranks, path):
     """Write the ranks file atomically; returns its text."""
     text = ranks_to_text(ranks)
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # this process's own
+    with open(tmp, "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return text
 
 

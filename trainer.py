@@ -707,7 +707,5 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
 
 def main(kind, causal, training_loss, validation_loss, continuation_nll):
     """Entry point of a training script: a UserError becomes one line on stderr and exit status 1."""
-    try:
-        run_cli(lambda: run(kind, causal, training_loss, validation_loss, continuation_nll=continuation_nll))
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the last checkpoint is kept; continue with --resume")
+    run_cli(lambda: run(kind, causal, training_loss, validation_loss, continuation_nll=continuation_nll),
+            interrupted="interrupted: the last checkpoint is kept; continue with --resume")

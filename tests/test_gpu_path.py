@@ -224,3 +224,40 @@ def test_training_steps_do_not_wait_for_the_device_between_logs(data_dir, tmp_pa
               f"--log_interval={steps}", "--elbo_samples=2", "--dropout=0.1")
         counts.append(len(reads))
     assert counts[0] == counts[1] > 0
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    from cli import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as stop:
+        run_cli(interrupted)
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    # Ctrl-C in the middle of a save: the temporary file goes, the previous checkpoint stays
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint.atomic_save({"kind": "ar", "model": {"w": torch.ones(2)}}, path)
+
+    def save_then_interrupt(obj, f):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_save({"kind": "ar", "model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt.pt"] and torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+
+
+def test_ctrl_c_in_a_real_script_is_one_line_not_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "prepare_data.py"), "--dataset=python",
+                             "--tokenizer=bpe", "--vocab_size=8000", f"--data_dir={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # inside the BPE training (a few seconds at this size)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "interrupted\n", err[-500:]
