@@ -24,7 +24,16 @@ def read_log(folder):
     if not os.path.isfile(path):
         raise UserError(f"{folder} has no log.jsonl: pass run folders written by train_ar.py / train_diffusion.py")
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # the last line torn by a kill: the run redoes it when resumed
+                break
+            raise UserError(f"{path} line {number} is not JSON: the log is damaged (rerun the run with --overwrite)") \
+                from None
     if not records:
         raise UserError(f"{path} is empty: the run has not evaluated yet")
     return records
@@ -38,13 +47,22 @@ def summarize(folder):
     row = {"run": os.path.basename(os.path.normpath(folder)), "kind": last["kind"], "params": last["n_params"],
            "unique_tokens": last["unique_tokens"], "epochs": last["epoch"], "best_val": best["val_loss"],
            "best_epoch": best["epoch"], "final_val": last["val_loss"], "tokens": last["tokens"],
-           "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records, "best_acc": None}
+           "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records, "best_acc": None,
+           "tokenizer": last.get("tokenizer")}  # logs before this version do not say
     scored = [r for r in records if r.get("mc_accuracy") is not None]
     if scored:  # the multiple-choice accuracy: its best, and at the best-loss checkpoint (best.pt)
         top = max(scored, key=lambda r: r["mc_accuracy"])
         row.update(best_acc=top["mc_accuracy"], best_acc_se=top["mc_se"], best_acc_epoch=top["epoch"],
                    acc_at_best_val=best.get("mc_accuracy"))
     return row
+
+
+def check_one_tokenizer(rows):
+    """Losses per token compare only between runs of one tokenizer: a token of another vocabulary is another unit."""
+    named = {r["tokenizer"]: r["run"] for r in rows if r["tokenizer"] is not None}
+    if len(named) > 1:
+        raise UserError("these runs use different tokenizers (" + ", ".join(f"{t} in {run}" for t, run in
+                        named.items()) + "): their losses per token do not compare; compare runs of one tokenizer")
 
 
 def format_table(rows):
@@ -182,13 +200,18 @@ def main(argv=None):
     if not folders:
         raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--logx]")
     rows = [summarize(folder) for folder in folders]
+    check_one_tokenizer(rows)
     print(format_table(rows))
     print(verdict(rows))
     if options.no_plot:
         return rows
     path = options.plot
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if plot(rows, path, logx=options.logx):
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        drawn = plot(rows, path, logx=options.logx)
+    except OSError as e:
+        raise UserError(f"--plot {path}: cannot write it ({e.strerror}): choose another path") from None
+    if drawn:
         print(f"plot: {path}")
     else:
         print("no plot: matplotlib is not installed (pip install matplotlib)")

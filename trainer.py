@@ -315,6 +315,12 @@ def save_checkpoint(job):
                 os.path.join(job.config.out_dir, "ckpt.pt"))
 
 
+def tokenizer_name(meta):
+    """The tokenizer in a few characters, for logs: its kind, size and (a BPE's) ranks hash."""
+    ranks = meta.get("ranks_sha256")
+    return f"{meta['tokenizer']}-{meta['n_vocab']}" + (f"-{ranks[:10]}" if ranks else "")
+
+
 def fold_train_loss(job):
     """Add the training losses summed on the device since the last fold to the run's state (a sync: logs and saves
     only)."""
@@ -569,7 +575,7 @@ def evaluate_and_log(job):
     epoch = state["windows_seen"] / job.windows.n
     record = {"iter": it, "epoch": round(epoch, 4), "tokens": state["windows_seen"] * job.config.block_size,
               "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), job.config, job.total_iters),
-              "best_val": state["best_val"], "kind": job.kind,
+              "best_val": state["best_val"], "kind": job.kind, "tokenizer": tokenizer_name(job.meta),
               "elbo_samples": job.config.elbo_samples if job.kind == "diffusion" else None,
               "unique_tokens": len(job.windows.tokens), "n_params": job.n_params, "done": it == job.total_iters,
               "elapsed_s": round(time.time() - job.t_start + state["elapsed_before"], 1)}

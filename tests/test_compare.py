@@ -294,3 +294,26 @@ def test_jobs_at_once_are_as_many_as_the_gpus_memory_holds_by_the_measured_peaks
     # the largest first, ~1 GB each for the CUDA context, within 90% of the card: 21 + 21 + 11 + 11 < 72 < + 11
     assert sweep.auto_jobs(grid, peaks) == 4
     assert sweep.auto_jobs(grid[:1], {("ar", 10e9): 100e9}) == 1  # one run always goes, even if it may not fit
+
+
+def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(tmp_path):
+    write_run(tmp_path / "ar", "ar", [5.0, 3.0, 2.5])
+    write_run(tmp_path / "df", "diffusion", [5.5, 3.5, 2.9])
+    for folder, tokenizer in (("ar", "bpe-1024-abc"), ("df", "bpe-8192-def")):
+        path = tmp_path / folder / "log.jsonl"
+        lines = [dict(json.loads(line), tokenizer=tokenizer) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(UserError, match=r"different tokenizers \(bpe-1024-abc in ar, bpe-8192-def in df\)"):
+        compare.main([str(tmp_path / "ar"), str(tmp_path / "df"), "--no_plot"])
+    # a last line torn by a kill is left out (the run redoes it when resumed); a damaged line before it is an error
+    with open(tmp_path / "ar" / "log.jsonl", "a") as f:
+        f.write('{"iter": 30, "epo')
+    assert [r["iter"] for r in compare.read_log(str(tmp_path / "ar"))] == [0, 10, 20]
+    with open(tmp_path / "ar" / "log.jsonl", "a") as f:
+        f.write('\n{"iter": 40}\n')  # the torn line is no longer the last
+    with pytest.raises(UserError, match=r"log.jsonl line 4 is not JSON"):
+        compare.read_log(str(tmp_path / "ar"))
+    # a plot path that cannot be written: one line
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match="--plot .*cannot write it"):
+        compare.main([str(tmp_path / "df"), f"--plot={tmp_path / 'a_file' / 'p.png'}"])
