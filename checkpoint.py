@@ -2,7 +2,11 @@
 Loading what training wrote, and choosing the device and number format: shared by training, sampling and the
 experiment scripts, so none of them needs another's code.
 """
+import atexit
+import json
 import os
+import socket
+import time
 
 import torch
 
@@ -76,3 +80,69 @@ def model_from_checkpoint(ckpt, device="cpu"):
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+LOCK_FILE = ".lock"
+
+
+def take_lock(folder):
+    """Make this process the one writer of folder: a lock file with its pid and host, created atomically, removed by
+    release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
+    a UserError that names it. The folder is created if need be."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder is not None:
+                raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
+                                f"{holder.get('since', '?')}): wait for it to end, or stop it first")
+            print(f"note: {folder} was locked by a process that has ended: taking the lock over")
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process took it over first: try again
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        atexit.register(release_lock, path)
+        return path
+
+
+def lock_holder(path):
+    """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
+    or it is this process's own (a run before, in the same Python), or it was left empty by a kill mid-write."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return None if time.time() - os.path.getmtime(path) > 10 else {"pid": "?", "host": "?"}
+        except OSError:
+            return None
+    if host != socket.gethostname():
+        return holder  # another machine's process: it cannot be checked, so it is taken to be alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, someone else's
+        pass
+    return holder
+
+
+def release_lock(path):
+    """Remove a lock this process holds (nothing if it is gone or another process's)."""
+    try:
+        with open(path) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+        os.remove(path)
+    except (OSError, ValueError):
+        pass

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import downstream
-from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype
+from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype, release_lock, take_lock
 from model import ModelConfig, Transformer, shape_problem
 from cli import UserError, option, parse_args, run_cli
 from tokenizer import portable_meta, same_tokenizer
@@ -669,7 +669,9 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
               f"{total_iters:,} iters = {total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}",
               flush=True)
 
+    lock = None
     if env.master:
+        lock = take_lock(config.out_dir)  # one writer per run folder: the first write, after every check
         start_output(config, ckpt)
     start_iter, t_log, iters_since_log = state["iter"], time.time(), 0
     while True:
@@ -708,6 +710,8 @@ def run(kind, causal, training_loss, validation_loss, argv=None, continuation_nl
     if env.world_size > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
+    if lock:
+        release_lock(lock)
     return state
 
 

@@ -261,3 +261,36 @@ def test_ctrl_c_in_a_real_script_is_one_line_not_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "interrupted\n", err[-500:]
+
+
+def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    out = str(tmp_path / "run")
+    args = [sys.executable, os.path.join(ROOT, "train_ar.py"), *tiny_args(data_dir, out, "--max_iters=100000",
+                                                                          "--eval_interval=50")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(out, "ckpt.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        for second in (["--overwrite"], ["--resume"]):  # a second writer, whatever it asks, is one line
+            result = subprocess.run(args + second, env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.strip() == result.stderr.strip().splitlines()[0]
+            assert f"is in use by process {first.pid}" in result.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # the killed run's lock is stale: --resume takes it over, says so, continues, and removes it at the end
+    resumed = subprocess.run(args[:-2] + ["--max_iters=100000", "--resume", "--stop_after_s=1"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was locked by a process that has ended: taking the lock over" in resumed.stdout
+    assert not os.path.exists(os.path.join(out, ".lock"))
