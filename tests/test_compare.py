@@ -127,8 +127,8 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
 
 def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
     """The GPU recipe end to end with tiny settings: the offline Python corpus, a BPE, AR at two regularisations
-    and two epoch counts, diffusion at two sizes, two runs at a time, a measured plan before the runs, every run at least MIN_ITERS steps,
-    the winners repeated with another seed, then the table and a verdict over the winners' seeds."""
+    and two epoch counts, diffusion at two sizes, two runs at a time, a measured plan before the runs, every run at
+    least MIN_ITERS steps, the winners repeated with another seed, then the table and a verdict over their seeds."""
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
                AR_MODELS="1x32x2", DIFFUSION_MODELS="1x32x2,2x32x2", AR_EPOCHS="1,3", DIFFUSION_EPOCHS="4",
                MIN_ITERS="8", BUDGET="600", OMP_NUM_THREADS="1", JOBS="2", PYTHON=sys.executable, REPEAT_SEEDS="2",
