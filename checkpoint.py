@@ -77,9 +77,21 @@ def load_checkpoint(path):
 
 
 def model_from_checkpoint(ckpt, device="cpu"):
-    model = Transformer(ModelConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = Transformer(ModelConfig(**ckpt["model_args"]))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model_args do not describe a model of this version ({e})") from None
+    load_weights(model, ckpt, "the checkpoint")
     return model.to(device).eval()
+
+
+def load_weights(model, ckpt, path):
+    """The checkpoint's weights into model, or a UserError when they do not fit its shapes (a foreign file)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{path}: its weights do not fit its model ({first.rstrip('.')})") from None
 
 
 LOCK_FILE = ".lock"

@@ -23,6 +23,10 @@ def run_cli(main, interrupted="interrupted"):
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # read-only, not a directory, disk full...: the path and the reason, not a traceback
+        if e.filename is None:
+            raise
+        sys.exit(f"error: {e.filename}: {e.strerror or e}")
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

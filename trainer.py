@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import downstream
-from checkpoint import atomic_save, load_checkpoint, pick_device, pick_dtype, release_lock, take_lock
+from checkpoint import atomic_save, load_checkpoint, load_weights, pick_device, pick_dtype, release_lock, take_lock
 from model import ModelConfig, Transformer, shape_problem
 from cli import UserError, option, parse_args, run_cli
 from tokenizer import portable_meta, same_tokenizer
@@ -94,9 +94,25 @@ def load_meta(data_dir):
         raise UserError(f"no prepared data in {data_dir}/ (meta.json missing): run `python prepare_data.py` first")
     try:
         with open(path) as f:
-            return json.load(f)
+            meta = json.load(f)
     except ValueError:
         raise UserError(f"{path} is not valid JSON: re-run prepare_data.py") from None
+    expected = {"tokenizer": str, "n_vocab": int, "mask_id": int, "train_tokens": int, "val_tokens": int}
+    wrong = [key for key, kind in expected.items() if not isinstance(meta, dict) or not isinstance(meta.get(key), kind)]
+    if wrong:
+        raise UserError(f"{path} lacks {', '.join(wrong)} (or holds the wrong type): it was not written by this "
+                        f"project's prepare_data.py; re-run it")
+    return meta
+
+
+def saved_config(ckpt, path):
+    """The TrainConfig a checkpoint was trained with; one that names options this version lacks is a UserError."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(ckpt["config"]) - known)
+    if unknown:
+        raise UserError(f"{path} was written by another version of this project (options {', '.join(unknown)} are "
+                        f"unknown here): use that version, or start the run again")
+    return TrainConfig(**ckpt["config"])
 
 
 def load_tokens(data_dir, split, meta):
@@ -164,7 +180,7 @@ def check_run_data(ckpt, meta, data_dir):
 def run_data(ckpt, data_dir=None, dataset=None):
     """(the run's training config, its data folder, that folder's meta) for a checkpoint, checked against it;
     data_dir and dataset replace the run's own."""
-    config = TrainConfig(**ckpt["config"])
+    config = saved_config(ckpt, "the checkpoint")
     folder = os.path.join(data_dir or config.data_dir, dataset or config.dataset)
     meta = load_meta(folder)
     check_run_data(ckpt, meta, folder)
@@ -386,7 +402,7 @@ def configure(kind, argv):
         script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
         raise UserError(f"{ckpt_path} holds {'an AR' if ckpt['kind'] == 'ar' else 'a diffusion'} run: "
                         f"resume it with {script}")
-    saved = TrainConfig(**ckpt["config"])
+    saved = saved_config(ckpt, ckpt_path)
     changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
     if changed:
         raise UserError(f"--resume continues the saved config; these options differ from it: "
@@ -522,7 +538,7 @@ def build_model(config, meta, causal, env, ckpt):
     state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
              "train_loss_sum": 0.0, "train_loss_count": 0, "elapsed_before": 0.0}
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        load_weights(raw_model, ckpt, os.path.join(config.out_dir, "ckpt.pt"))
         optimizer.load_state_dict(ckpt["optimizer"])
         if env.scaler.is_enabled() and ckpt["scaler"]:  # a float16 run's loss scale (empty in other formats)
             env.scaler.load_state_dict(ckpt["scaler"])

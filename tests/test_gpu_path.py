@@ -294,3 +294,41 @@ def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(data_di
     assert resumed.returncode == 0, resumed.stderr
     assert "was locked by a process that has ended: taking the lock over" in resumed.stdout
     assert not os.path.exists(os.path.join(out, ".lock"))
+
+
+def test_foreign_checkpoints_meta_and_paths_are_one_line(data_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=10", "--eval_interval=10")
+
+    def command(script, *args):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                                timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-800:]
+        return lines[0]
+    # an output folder under a file: the path and the reason (an OSError), not a traceback
+    (tmp_path / "a_file").write_text("")
+    assert command("train_diffusion.py", *tiny_args(data_dir, str(tmp_path / "a_file" / "run"))) == \
+        f"error: {tmp_path / 'a_file' / 'run'}: Not a directory"
+    # a checkpoint from a newer version: an option this version does not know
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    ckpt["config"]["label_smoothing"] = 0.1
+    torch.save(ckpt, out + "/ckpt.pt")
+    assert "another version of this project (options label_smoothing" in command(
+        "train_ar.py", f"--out_dir={out}", "--resume")
+    # model_args that disagree with the weights
+    best = load_checkpoint(out + "/best.pt")
+    best["model_args"]["n_embd"] = 64
+    best["model_args"]["n_head"] = 4
+    torch.save(best, out + "/best.pt")
+    assert "its weights do not fit its model" in command("sample.py", f"--ckpt={out}/best.pt")
+    # a meta.json without the keys a data folder needs
+    meta_path = os.path.join(data_dir, "tiny", "meta.json")
+    meta = json.load(open(meta_path))
+    del meta["n_vocab"]
+    json.dump(meta, open(meta_path, "w"))
+    assert "lacks n_vocab" in command("train_ar.py", *tiny_args(data_dir, str(tmp_path / "other")))
