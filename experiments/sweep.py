@@ -400,8 +400,10 @@ def train_all(runs, config, jobs, t_start):
                 os.makedirs(folder, exist_ok=True)
                 print("running:", " ".join(cmd[1:]), flush=True)
                 with open(os.path.join(folder, "stdout.txt"), "a") as log:
+                    # its own session: a Ctrl-C at the terminal reaches the sweep only, which then stops every run
                     running.append((folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                             env=dict(os.environ, OMP_NUM_THREADS=threads))))
+                                                             env=dict(os.environ, OMP_NUM_THREADS=threads),
+                                                             start_new_session=True)))
             if not running:
                 break
             time.sleep(0.2)
@@ -417,12 +419,16 @@ def train_all(runs, config, jobs, t_start):
                     print(f"[{compare_time(t_start)}] {os.path.basename(folder)}: {last_progress(folder)}")
                 sys.stdout.flush()
                 last_status = time.time()
-    finally:  # an interrupted sweep leaves no training process behind
+    finally:  # an interrupted or terminated sweep leaves no training process behind
         for _, proc in running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         for _, proc in running:
-            proc.wait()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return failed
 
 
@@ -444,8 +450,14 @@ def best_settings(rows, setting_of):
     return {kind: setting for kind, (setting, _) in best.items()}
 
 
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # the same way out as Ctrl-C: every run is stopped first
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if __name__ == "__main__":
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     split = argv.index("--") if "--" in argv else len(argv)
     config = SweepConfig()
     parse_args(argv[:split], config, doc=__doc__)

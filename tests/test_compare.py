@@ -317,3 +317,24 @@ def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match="--plot .*cannot write it"):
         compare.main([str(tmp_path / "df"), f"--plot={tmp_path / 'a_file' / 'p.png'}"])
+
+
+def test_a_terminated_sweep_leaves_no_training_process_behind(data_dir, tmp_path):
+    import signal
+    import time
+    out = str(tmp_path / "sweep")
+    sweep_proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
+                                   "--unique_tokens=2000", "--ar_epochs=100000", "--diffusion_epochs=", f"--out={out}",
+                                   "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = os.path.join(out, "ar_e100000", ".lock")
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(out, "ar_e100000", "ckpt.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    child = json.load(open(lock))["pid"]
+    sweep_proc.send_signal(signal.SIGTERM)
+    _, err = sweep_proc.communicate(timeout=60)
+    assert sweep_proc.returncode == 130 and err.strip() == "interrupted", err[-500:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the run ended with the sweep
+    assert not os.path.exists(lock)  # and said so (released its lock) on the way out
