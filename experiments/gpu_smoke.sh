@@ -83,8 +83,6 @@ else
         --out_dir="$OUT/diffusion" --overwrite --stop_after_s=0.01
     check cpu_resume "$PYTHON" train_diffusion.py --out_dir="$OUT/diffusion" --resume --stop_after_s=0
     expect cpu_resume "done: best val"
-    check cpu_train_ar "$PYTHON" train_ar.py "${TINY[@]}" --max_iters=20 --out_dir="$OUT/ar" --overwrite
-    check sample_ar "$PYTHON" sample.py --ckpt="$OUT/ar" --num_samples=1 --max_new_tokens=32
     check sample_diffusion "$PYTHON" sample.py --ckpt="$OUT/diffusion" --num_samples=1 --gen_length=32 --steps=8
     check evaluate "$PYTHON" evaluate.py --ckpt="$OUT/diffusion" --mc_items=20
 fi

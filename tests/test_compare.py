@@ -318,22 +318,27 @@ def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(
         compare.main([str(tmp_path / "df"), f"--plot={tmp_path / 'a_file' / 'p.png'}"])
 
 
-def test_a_terminated_sweep_leaves_no_training_process_behind(data_dir, tmp_path):
+def test_an_interrupted_sweep_leaves_no_training_process_behind(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the sweep turns into the same) while runs train: each run is stopped before the
+    sweep ends. A `sleep` stands in for a training process."""
     import signal
+    import threading
     import time
-    out = str(tmp_path / "sweep")
-    sweep_proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"),
-                                   "--unique_tokens=2000", "--ar_epochs=100000", "--diffusion_epochs=", f"--out={out}",
-                                   "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = os.path.join(out, "ar_e100000", ".lock")
-    deadline = time.time() + 60
-    while not os.path.exists(os.path.join(out, "ar_e100000", "ckpt.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    child = json.load(open(lock))["pid"]
-    sweep_proc.send_signal(signal.SIGTERM)
-    _, err = sweep_proc.communicate(timeout=60)
-    assert sweep_proc.returncode == 130 and err.strip() == "interrupted", err[-500:]
-    with pytest.raises(ProcessLookupError):
-        os.kill(child, 0)  # the run ended with the sweep
-    assert not os.path.exists(lock)  # and said so (released its lock) on the way out
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        proc = real_popen(["sleep", "60"], **kwargs)
+        started.append(proc)
+        return proc
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    runs = [{"name": f"ar_e{i}", "kind": "ar", "options": []} for i in range(2)]
+    config = sweep.SweepConfig(out=str(tmp_path), status_every_s=60)
+    threading.Timer(1.0, signal.raise_signal, [signal.SIGINT]).start()
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.train_all(runs, config, jobs=2, t_start=t0)
+    assert len(started) == 2 and all(proc.poll() is not None for proc in started) and time.time() - t0 < 30
+    assert all(proc.returncode == -signal.SIGINT for proc in started)  # stopped by the sweep's SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        sweep.stop_on_sigterm(signal.SIGTERM, None)
