@@ -169,12 +169,26 @@ class Windows:
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
-def check_run_data(ckpt, meta, data_dir):
-    """A checkpoint continues or is scored only on data of its own tokenizer."""
+def check_run_data(ckpt, meta, data_dir, own_data=True):
+    """A checkpoint continues or is scored only on data of its own tokenizer; and, where the folder is the run's own
+    (not one given to score it on), only on the very data it was trained on: a folder prepared again since (other
+    text, other files) changes the unique tokens under the run."""
     if not same_tokenizer(ckpt["meta"], meta):
         raise UserError(f"the checkpoint's tokenizer ({ckpt['meta']['tokenizer']}, {ckpt['meta']['n_vocab']} "
                         f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): give the "
                         f"run's own data")
+    saved, now = data_fingerprint(ckpt["meta"]), data_fingerprint(meta)
+    if own_data and saved and now and saved != now:
+        raise UserError(f"{data_dir} was prepared again since the run started: the run's data is {saved}, the "
+                        f"folder's is {now}; prepare the run's data again, or start the run afresh")
+
+
+def data_fingerprint(meta):
+    """A data folder's identity in a few characters: its text's sha256 and its token counts (None for data
+    prepared before meta.json recorded them)."""
+    if "sha256" not in meta:
+        return None
+    return f"sha256 {meta['sha256'][:12]}, {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens"
 
 
 def run_data(ckpt, data_dir=None, dataset=None):
@@ -183,7 +197,7 @@ def run_data(ckpt, data_dir=None, dataset=None):
     config = saved_config(ckpt, "the checkpoint")
     folder = os.path.join(data_dir or config.data_dir, dataset or config.dataset)
     meta = load_meta(folder)
-    check_run_data(ckpt, meta, folder)
+    check_run_data(ckpt, meta, folder, own_data=not (data_dir or dataset))
     return config, folder, meta
 
 

@@ -331,3 +331,22 @@ def test_foreign_checkpoints_meta_and_paths_are_one_line(data_dir, tmp_path):
     del meta["n_vocab"]
     json.dump(meta, open(meta_path, "w"))
     assert "lacks n_vocab" in command("train_ar.py", *tiny_args(data_dir, str(tmp_path / "other")))
+
+
+def test_a_run_resumes_and_is_scored_only_on_the_data_it_was_trained_on(data_dir, tmp_path):
+    import evaluate
+    from conftest import tiny_text
+    from prepare_data import prepare
+    out = str(tmp_path / "run")
+    train("diffusion", data_dir, out, "--max_iters=20", "--eval_interval=10", "--elbo_samples=2",
+          "--stop_after_s=0.01")
+    text = tiny_text(seed=5)  # the same folder prepared again, from other text: the same tokenizer, other tokens
+    prepare(text[:9000], text[9000:], os.path.join(data_dir, "tiny"), "bytes", "test")
+    with pytest.raises(UserError, match=r"prepared again since the run started: the run's data is sha256 \w{12}, "
+                                        r".* the folder's is sha256 \w{12}"):
+        train("diffusion", data_dir, out, "--resume")
+    with pytest.raises(UserError, match="prepared again since the run started"):
+        evaluate.main([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4"])
+    # scoring on a folder given explicitly is what the user asked for
+    evaluate.main([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4",
+                   f"--data_dir={data_dir}", "--dataset=tiny"])
