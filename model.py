@@ -140,8 +140,8 @@ def shared_dropout(x, p, share):
     from the same seeded stream, so N processes drop exactly what one process with N times the batch drops."""
     rank, world_size = share
     B = x.shape[0]
-    keep = torch.empty((B * world_size, *x.shape[1:]), device=x.device, dtype=x.dtype).bernoulli_(1 - p)
-    return x * keep[rank * B:(rank + 1) * B] / (1 - p)
+    keep = torch.empty((B * world_size, *x.shape[1:]), device=x.device, dtype=x.dtype).bernoulli_(1 - p).div_(1 - p)
+    return x * keep[rank * B:(rank + 1) * B]
 
 
 class Block(nn.Module):
