@@ -37,6 +37,8 @@ class BenchConfig(ModelShape):
 
 
 def bench(kind, script, config, device, dtype):
+    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of config.steps training steps after
+    config.warmup; experiments/sweep.py's measured plan uses it too."""
     torch.manual_seed(0)
     model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
@@ -55,6 +57,8 @@ def bench(kind, script, config, device, dtype):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(config.warmup):
         step(i).item()
     if device.type == "cuda":
@@ -69,7 +73,8 @@ def bench(kind, script, config, device, dtype):
     tokens_per_s = config.steps * config.batch_size * config.block_size / dt
     peak = peak_flops(device)
     mfu = f"{100 * model.flops_per_token() * tokens_per_s / peak:.1f}%" if peak else "-"
-    return model.num_params(), tokens_per_s, mfu
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return model.num_params(), tokens_per_s, mfu, memory
 
 
 def main():
@@ -87,7 +92,7 @@ def main():
     print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7}")
     for kind in config.kinds.split(","):
         script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
-        params, tokens_per_s, mfu = bench(kind, script, config, device, dtype)
+        params, tokens_per_s, mfu, _ = bench(kind, script, config, device, dtype)
         print(f"{kind:<10} {params / 1e6:>9.2f}M {tokens_per_s:>12,.0f} {mfu:>7}")
 
 

@@ -22,8 +22,9 @@ run's grad_accum (never its micro-batch, so memory stays put) until it takes at 
 The plan: before training, each run's parameters, FLOPs, steps and tokens per step print. `--measure_steps=5`
 times that many training steps of each model on this device first, and the plan gives each run's measured
 tokens/s, MFU and minutes; `--budget_s` then refuses, before anything is written, a plan that does not fit and
-names a unique-token budget that would; what planning leaves of it is also a stop, as below. `--time_budget_s=540` stops the sweep (each run checkpointed) when the
-budget is spent: the same command continues it, so a long sweep runs in pieces.
+names a unique-token budget that would; what planning leaves of it is also a stop, as below.
+`--time_budget_s=540` stops the sweep (each run checkpointed) when the budget is spent: the same command continues
+it, so a long sweep runs in pieces.
 """
 import math
 import os
@@ -40,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from trainer import fmt_time  # noqa: E402
 
 
 @dataclass
@@ -180,44 +182,20 @@ def size_runs(grid, config):
 
 def measure(kind, train, meta, steps, warmup=3):
     """(tokens/s, peak bytes on a GPU or None) of `steps` training steps of one micro-batch of this run's model
-    on its device and number format, after `warmup` steps; random tokens (speed does not depend on them)."""
-    import contextlib
+    on its device and number format, after `warmup` steps: bench/throughput.py's step, random tokens."""
     import importlib
     from checkpoint import pick_device, pick_dtype
-    from model import ModelConfig, Transformer
-    from trainer import TrainingNoise, make_optimizer
-    script = importlib.import_module(f"train_{kind}")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import throughput
+    config = throughput.BenchConfig(n_layer=train.n_layer, n_head=train.n_head, n_embd=train.n_embd,
+                                    n_vocab=meta["n_vocab"], block_size=train.block_size, batch_size=train.batch_size,
+                                    steps=steps, warmup=warmup, device=train.device, dtype=train.dtype)
     device = pick_device(train.device)
-    dtype = pick_dtype(train.dtype, device)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
-                                    n_head=train.n_head, n_embd=train.n_embd, causal=script.CAUSAL,
-                                    dropout=train.dropout)).to(device)
-    optimizer = make_optimizer(model, train, device.type)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    windows = torch.randint(0, meta["n_vocab"], (train.batch_size, train.block_size + 1), device=device)
+    _, tokens_per_s, _, peak = throughput.bench(kind, importlib.import_module(f"train_{kind}"), config, device,
+                                                pick_dtype(train.dtype, device))
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.cuda.reset_peak_memory_stats(device)
-    timed = time.perf_counter()
-    for i in range(steps + warmup):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            timed = time.perf_counter()
-        noise = TrainingNoise(0, i, 0, train.batch_size, slice(0, train.batch_size), train.block_size, device)
-        with autocast:
-            loss = script.training_loss(model, windows, noise, model.config.mask_id)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    loss.item()
-    seconds = time.perf_counter() - timed
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    del model, optimizer, loss
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # leave the memory to the runs
-    return steps * train.batch_size * train.block_size / seconds, peak
+        torch.cuda.empty_cache()  # the measured model is gone: leave its memory to the runs
+    return tokens_per_s, peak
 
 
 def eval_tokens(run):
@@ -367,6 +345,10 @@ def last_progress(folder):
     return found[-1] if found else "starting"
 
 
+def status_line(folder, t_start):
+    return f"[{fmt_time(time.time() - t_start)}] {os.path.basename(folder)}: {last_progress(folder)}"
+
+
 def failure_tail(folder, n=5):
     try:
         with open(os.path.join(folder, "stdout.txt"), encoding="utf-8", errors="replace") as f:
@@ -413,10 +395,10 @@ def train_all(runs, config, jobs, t_start):
                     failed.append(folder)
                     print(f"FAILED {folder} (exit {proc.returncode}):\n{failure_tail(folder)}", flush=True)
                 else:
-                    print(f"[{compare_time(t_start)}] {os.path.basename(folder)}: {last_progress(folder)}", flush=True)
+                    print(status_line(folder, t_start), flush=True)
             if running and time.time() - last_status >= config.status_every_s:
                 for folder, _ in running:
-                    print(f"[{compare_time(t_start)}] {os.path.basename(folder)}: {last_progress(folder)}")
+                    print(status_line(folder, t_start))
                 sys.stdout.flush()
                 last_status = time.time()
     finally:  # an interrupted or terminated sweep leaves no training process behind
@@ -430,11 +412,6 @@ def train_all(runs, config, jobs, t_start):
                 proc.kill()
                 proc.wait()
     return failed
-
-
-def compare_time(t_start):
-    seconds = int(time.time() - t_start)
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def best_settings(rows, setting_of):
@@ -496,7 +473,7 @@ def main(argv=None):
         return None
     rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--logx"])
     print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
-    print(f"sweep done in {compare_time(t_start)} (min:s)")
+    print(f"sweep done in {fmt_time(time.time() - t_start)}")
     return rows
 
 
