@@ -21,16 +21,16 @@ class Items:
     answers: torch.Tensor  # (N,)
 
 
-def item_lengths(meta, config):
-    """(context, continuation) lengths in tokens: config.mc_context / mc_continuation, or by default 64 / 24 for
-    bytes and 48 / 16 for BPE tokens (~3 bytes each), shrunk in proportion when the model's context is shorter."""
+def item_lengths(meta, block_size, context_len=0, continuation_len=0):
+    """(context, continuation) lengths in tokens: the ones given, or by default 64 / 24 for bytes and 48 / 16 for
+    BPE tokens (~3 bytes each), shrunk in proportion when the model's context is shorter."""
     default_context, default_continuation = (64, 24) if meta["tokenizer"] == "bytes" else (48, 16)
-    shrink = min(1.0, config.block_size / (default_context + default_continuation))
-    context_len = config.mc_context or max(int(default_context * shrink), 1)
-    continuation_len = config.mc_continuation or max(int(default_continuation * shrink), 1)
-    if context_len + continuation_len > config.block_size:
+    shrink = min(1.0, block_size / (default_context + default_continuation))
+    context_len = context_len or max(int(default_context * shrink), 1)
+    continuation_len = continuation_len or max(int(default_continuation * shrink), 1)
+    if context_len + continuation_len > block_size:
         raise UserError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
-                        f"context ({config.block_size}): shorten them")
+                        f"context ({block_size}): shorten them")
     return context_len, continuation_len
 
 

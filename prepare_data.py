@@ -220,7 +220,6 @@ def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0
     os.makedirs(out_dir, exist_ok=True)
     meta.update({
         "n_vocab": enc.n_vocab,
-        "mask_id": enc.n_vocab,  # one extra id after the tokenizer's tokens
         "train_tokens": write_split(train, os.path.join(out_dir, "train.bin")),
         "val_tokens": write_split(val, os.path.join(out_dir, "val.bin")),
         "dtype": "uint16",
@@ -339,7 +338,7 @@ def main(argv=None):
             f.write("\n".join(val_names) + "\n")
     bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['mask_id']}{bpe}; "
+          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['n_vocab']}{bpe}; "
           f"{time.time() - t0:.1f}s)")
     return out_dir
 

@@ -20,7 +20,7 @@ import torch
 from model import KVCache
 from cli import UserError, option, parse_args, run_cli
 from tokenizer import tokenizer_from_meta
-from checkpoint import load_checkpoint, model_from_checkpoint, pick_device, pick_dtype
+from runtime import load_checkpoint, model_from_checkpoint, pick_device, pick_dtype
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 

@@ -4,8 +4,9 @@ Train the autoregressive model: causal attention, next-token loss.
     python train_ar.py                                    # small model on the default corpus, CPU, minutes
     python train_ar.py --unique_tokens=50000 --epochs=100 --out_dir=out/ar_u50k
 
-The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model AR.
-`diff train_ar.py train_diffusion.py` shows everything that differs between the two.
+The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model AR: causal
+attention, the next-token loss, and that loss's two evaluations (the exact validation NLL and the exact NLL of a
+continuation). `diff train_ar.py train_diffusion.py` shows everything that differs between the two.
 """
 import torch
 import torch.nn.functional as F
@@ -16,14 +17,15 @@ KIND = "ar"
 CAUSAL = True
 
 
-def training_loss(model, windows, noise, mask_id):
-    """AR loss: mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). `noise` and `mask_id` are unused."""
+def training_loss(model, windows, mask_id, generator, share):
+    """AR loss: mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). AR masks nothing and draws no noise: `mask_id`,
+    `generator` and `share` are unused."""
     x, targets = windows[:, :-1], windows[:, 1:]
     logits = model(x)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def validation_loss(model, windows, window_ids, config, mask_id):
+def validation_loss(model, windows, window_ids, config):
     """Exact NLL: (sum of -log p over every next token of `windows`, number of tokens)."""
     nats = 0.0
     for i in range(0, len(windows), config.eval_batch_size):
@@ -33,7 +35,7 @@ def validation_loss(model, windows, window_ids, config, mask_id):
     return nats, windows[:, 1:].numel()
 
 
-def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
+def continuation_nll(model, contexts, continuations, item_ids, config):
     """Exact -log p(continuation | context) per row, in nats: the chain rule over the continuation's tokens."""
     if contexts.shape[1] == 0:
         raise ValueError("an AR model needs at least one context token to score a continuation")

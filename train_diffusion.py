@@ -4,8 +4,9 @@ Train the masked-diffusion model: bidirectional attention, masked-token loss wei
     python train_diffusion.py                             # small model on the default corpus, CPU, minutes
     python train_diffusion.py --unique_tokens=50000 --epochs=100 --out_dir=out/diffusion_u50k
 
-The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model diffusion.
-`diff train_ar.py train_diffusion.py` shows everything that differs between the two.
+The loop, data, schedule and checkpoints live in trainer.py; this file holds only what makes the model diffusion:
+bidirectional attention, the masked-token loss, and that loss's two evaluations (the ELBO bound on the validation
+NLL and on a continuation's NLL). `diff train_ar.py train_diffusion.py` shows everything that differs between the two.
 """
 import torch
 import torch.nn.functional as F
@@ -17,23 +18,32 @@ CAUSAL = False
 EPS = 1e-3  # t ~ U(EPS, 1): the 1/t weight stays finite
 
 
-def training_loss(model, windows, noise, mask_id):
+def training_loss(model, windows, mask_id, generator, share):
     """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
-    loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b]), t_b = EPS + (1 - EPS) * u_b."""
+    loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b]), t_b = EPS + (1 - EPS) * u_b.
+
+    t and the masks are drawn for the whole global batch from `generator` (seeded by seed, iteration and
+    micro-step; the same in every process), and this process keeps its own rows, `share` = (rank, world_size): N
+    processes, and a resumed run, see exactly the masks of one uninterrupted process."""
     x = windows[:, :-1]
-    t = EPS + (1 - EPS) * noise.row  # (B,) stratified over the batch
-    masked = noise.token < t[:, None]  # each token masked independently with probability t
+    (B, T), (rank, world_size) = x.shape, share
+    rows = slice(rank * B, (rank + 1) * B)
+    u = torch.rand(1, generator=generator)
+    u_rows = (u + torch.arange(B * world_size) / (B * world_size)) % 1.0  # stratified over the batch, as in MDLM
+    u_tokens = torch.rand(B * world_size, T, generator=generator)
+    t = EPS + (1 - EPS) * u_rows[rows].to(x.device)  # (B,)
+    masked = u_tokens[rows].to(x.device) < t[:, None]  # each token masked independently with probability t
     x_t = torch.where(masked, mask_id, x)
     logits = model(x_t)
     nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none").view_as(x)
     return (nll * masked / t[:, None]).sum() / x.numel()
 
 
-def masked_elbo(model, x, maskable, seeds, config, mask_id):
+def masked_elbo(model, x, maskable, seeds, config):
     """Per-row ELBO bound on -log p of the maskable tokens of x (B, T) given the rest, in nats: K =
     config.elbo_samples stratified t_k = EPS + (1 - EPS) * (k + u) / K, each maskable token masked with
     probability t_k by a generator seeded by the row's seed, loss sum_{masked} -log p / t_k averaged over k."""
-    K, (B, T) = config.elbo_samples, x.shape
+    K, (B, T), mask_id = config.elbo_samples, x.shape, model.config.mask_id
     rows_t, rows_mask = [], []
     for seed, row_maskable in zip(seeds, maskable.cpu()):
         gen = torch.Generator().manual_seed(seed)
@@ -51,17 +61,17 @@ def masked_elbo(model, x, maskable, seeds, config, mask_id):
     return nats.view(B, K).mean(dim=1)
 
 
-def validation_loss(model, windows, window_ids, config, mask_id):
+def validation_loss(model, windows, window_ids, config):
     """ELBO bound on the NLL (the training loss's formula, no gradient) over every token of each window, with
     masks seeded by the window's id, so the same checkpoint always gives the same number. Returns (nats summed
     over windows, tokens)."""
     x = windows[:, :-1]
     seeds = [config.eval_seed * 1_000_003 + int(w) for w in window_ids]
-    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, config, mask_id)
+    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, config)
     return nats.sum().item(), x.numel()
 
 
-def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
+def continuation_nll(model, contexts, continuations, item_ids, config):
     """Bound on -log p(continuation | context) per row, in nats: the conditional ELBO, only the continuation's
     positions masked. The masks are seeded by the item's id, so every choice of an item sees the same masks and a
     checkpoint always gives the same answer. With an empty context it is validation_loss's formula."""
@@ -69,7 +79,7 @@ def continuation_nll(model, contexts, continuations, item_ids, config, mask_id):
     maskable = torch.zeros_like(x, dtype=torch.bool)
     maskable[:, contexts.shape[1]:] = True
     seeds = [config.eval_seed * 1_000_003 + int(i) for i in item_ids]
-    return masked_elbo(model, x, maskable, seeds, config, mask_id)
+    return masked_elbo(model, x, maskable, seeds, config)
 
 
 if __name__ == "__main__":

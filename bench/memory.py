@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shape import ModelShape, random_model  # noqa: E402
 from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from checkpoint import pick_device, pick_dtype  # noqa: E402
+from runtime import pick_device, pick_dtype  # noqa: E402
 
 
 @dataclass
@@ -42,18 +42,17 @@ def one_step_peak(config, kind, batch):
     import contextlib
     import train_ar
     import train_diffusion
-    from trainer import TrainingNoise
+    from trainer import step_generator
     script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     model = random_model(config, script.CAUSAL, device)
     windows = torch.randint(0, config.n_vocab, (batch, config.block_size + 1), device=device)
-    noise = TrainingNoise(0, 0, 0, batch, slice(0, batch), config.block_size, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with autocast:
-        loss = script.training_loss(model, windows, noise, model.config.mask_id)
+        loss = script.training_loss(model, windows, model.config.mask_id, step_generator(0, 0, 0), (0, 1))
     loss.backward()
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)

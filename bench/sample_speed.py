@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shape import ModelShape, random_model  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
 from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from checkpoint import pick_device  # noqa: E402
+from runtime import pick_device  # noqa: E402
 
 
 @dataclass

@@ -20,8 +20,9 @@ import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
 from cli import option, parse_args, run_cli  # noqa: E402
-from checkpoint import pick_device, pick_dtype  # noqa: E402
-from trainer import TrainConfig, TrainingNoise, make_optimizer, peak_flops  # noqa: E402
+from runtime import peak_flops, pick_device, pick_dtype  # noqa: E402
+from config import TrainConfig  # noqa: E402
+from trainer import make_optimizer, step_generator  # noqa: E402
 
 
 @dataclass
@@ -45,12 +46,10 @@ def bench(kind, script, config, device, dtype):
     step_model = torch.compile(model) if config.compile else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
-    rows = slice(0, config.batch_size)
 
     def step(i):
-        noise = TrainingNoise(0, i, 0, config.batch_size, rows, config.block_size, device)
         with autocast:
-            loss = script.training_loss(step_model, windows, noise, model.config.mask_id)
+            loss = script.training_loss(step_model, windows, model.config.mask_id, step_generator(0, i, 0), (0, 1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

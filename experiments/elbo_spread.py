@@ -16,8 +16,8 @@ import torch  # noqa: E402
 
 import train_diffusion  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
-from trainer import load_tokens, run_data, val_windows  # noqa: E402
+from data import load_run_data, load_tokens, val_windows  # noqa: E402
+from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
 
 
 @dataclass
@@ -34,7 +34,7 @@ def main():
     ckpt = load_checkpoint(config.ckpt)
     if ckpt["kind"] != "diffusion":
         raise UserError(f"{config.ckpt} is an AR checkpoint: its validation NLL is exact, with no spread")
-    train_config, data_dir, meta = run_data(ckpt)
+    train_config, data_dir, meta = load_run_data(ckpt)
     windows = val_windows(load_tokens(data_dir, "val", meta), train_config.block_size, train_config.eval_windows)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
@@ -45,7 +45,7 @@ def main():
             run_config = replace(train_config, elbo_samples=k, eval_seed=1234 + seed)
             with torch.no_grad():
                 nats, count = train_diffusion.validation_loss(model, windows.to(device), torch.arange(len(windows)),
-                                                              run_config, model.config.mask_id)
+                                                              run_config)
             values.append(nats / count)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"K = {k:4d}: ELBO {statistics.mean(values):.4f} +- {spread:.4f} nats/token (std over {len(values)} "

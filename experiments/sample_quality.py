@@ -22,11 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
-from checkpoint import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
+from config import TrainConfig  # noqa: E402
+from data import load_run_data, load_tokens  # noqa: E402
+from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
 from tokenizer import same_tokenizer  # noqa: E402
-from trainer import TrainConfig, load_tokens, run_data  # noqa: E402
 
 
 @dataclass
@@ -46,7 +47,7 @@ def gen_ppl(ref, prompts, generated, batch_size=64):
     """exp of the reference's mean NLL per generated token, each given its prompt and the tokens before it."""
     config = TrainConfig(eval_batch_size=batch_size)
     with torch.no_grad():
-        nats = train_ar.continuation_nll(ref, prompts, generated, torch.arange(len(prompts)), config, None)
+        nats = train_ar.continuation_nll(ref, prompts, generated, torch.arange(len(prompts)), config)
     return math.exp(nats.sum().item() / generated.numel())
 
 
@@ -75,7 +76,7 @@ def load_runs(config, device):
 
 def val_prompts(ref_ckpt, config):
     """config.samples prompts: prompt_tokens val tokens each, from evenly spread places of the reference's val."""
-    _, data_dir, meta = run_data(ref_ckpt)
+    _, data_dir, meta = load_run_data(ref_ckpt)
     val = torch.from_numpy(load_tokens(data_dir, "val", meta).astype("int64"))
     starts = torch.linspace(0, len(val) - config.prompt_tokens - 1, config.samples).long()
     return torch.stack([val[s:s + config.prompt_tokens] for s in starts])

@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from trainer import fmt_time  # noqa: E402
+from runtime import fmt_time, peak_flops, pick_device, pick_dtype  # noqa: E402
 
 
 @dataclass
@@ -150,7 +150,8 @@ def with_seed(run, seed):
 # ----------------------------------------------------------------------------- the plan
 
 def training_config(options):
-    from trainer import TrainConfig, load_meta
+    from config import TrainConfig
+    from data import load_meta
     train = TrainConfig()
     parse_args(options, train)
     return train, load_meta(os.path.join(train.data_dir, train.dataset))
@@ -184,7 +185,6 @@ def measure(kind, train, meta, steps, warmup=3):
     """(tokens/s, peak bytes on a GPU or None) of `steps` training steps of one micro-batch of this run's model
     on its device and number format, after `warmup` steps: bench/throughput.py's step, random tokens."""
     import importlib
-    from checkpoint import pick_device, pick_dtype
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import throughput
     config = throughput.BenchConfig(n_layer=train.n_layer, n_head=train.n_head, n_embd=train.n_embd,
@@ -298,8 +298,6 @@ def plan(grid, config):
     rates, peak_flops_s = {}, None
     t0 = time.time()
     if config.measure_steps:
-        from checkpoint import pick_device
-        from trainer import peak_flops
         for run in grid:
             if shape_key(run) not in rates:
                 rates[shape_key(run)] = measure(run["kind"], run["train"], run["meta"], config.measure_steps)

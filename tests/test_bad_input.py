@@ -19,7 +19,8 @@ import train_ar
 import train_diffusion
 from cli import run_cli
 from conftest import ROOT, tiny_args
-from trainer import TrainConfig, run
+from config import TrainConfig
+from trainer import run
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -214,7 +215,7 @@ def test_a_folder_without_a_checkpoint_is_reused_and_resume_there_says_start_wit
 def test_a_fresh_overwrite_replaces_the_old_run_by_its_own_writes(victim, tmp_path):
     """--overwrite deletes nothing: the new run's iteration-0 best.pt and ckpt.pt replace the old ones, so at any
     moment the folder holds one loadable run."""
-    from checkpoint import load_checkpoint
+    from runtime import load_checkpoint
     root, data_dir = victim
     folder = tmp_path / "run"
     shutil.copytree(root / "ar", folder)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import ROOT, make_tiny_documents, tiny_args
-from checkpoint import load_checkpoint
-from trainer import TrainConfig
+from runtime import load_checkpoint
+from config import TrainConfig
 
 
 def read_log(folder):

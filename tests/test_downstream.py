@@ -11,7 +11,7 @@ import train_ar
 import train_diffusion
 from cli import UserError
 from model import ModelConfig, Transformer
-from trainer import TrainConfig
+from config import TrainConfig
 
 
 def val_tokens(n=5000, seed=0):
@@ -58,12 +58,12 @@ def test_the_conditional_elbo_is_repeatable_and_with_no_context_is_the_validatio
     ids = torch.tensor([3, 8, 1, 0, 42])
     with torch.no_grad():
         empty = torch.zeros(5, 0, dtype=torch.long)
-        a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config, 200)
-        b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config, 200)
-        nats, count = train_diffusion.validation_loss(model, windows, ids, config, 200)
+        a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config)
+        b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config)
+        nats, count = train_diffusion.validation_loss(model, windows, ids, config)
         # with a context, only the continuation is masked: its bound differs, and it depends on the context
-        c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, config, 200)
-        d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, config, 200)
+        c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, config)
+        d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, config)
     assert torch.equal(a, b) and a.sum().item() == pytest.approx(nats, rel=1e-12) and count == 5 * 32
     assert (c > 0).all() and not torch.allclose(c, d)
 
@@ -72,12 +72,12 @@ def test_ar_continuation_nll_is_the_chain_rule():
     model, config = tiny(True), TrainConfig(eval_batch_size=3)
     x = torch.from_numpy(val_tokens(4 * 20).astype(np.int64)).view(4, 20)
     with torch.no_grad():
-        nll = train_ar.continuation_nll(model, x[:, :12], x[:, 12:], torch.arange(4), config, 200)
+        nll = train_ar.continuation_nll(model, x[:, :12], x[:, 12:], torch.arange(4), config)
         logp = torch.log_softmax(model(x[:, :-1]), dim=-1)
     direct = -sum(logp[:, i - 1].gather(1, x[:, i:i + 1]).squeeze(1) for i in range(12, 20))
     torch.testing.assert_close(nll.float(), direct, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least one context token"):
-        train_ar.continuation_nll(model, x[:, :0], x, torch.arange(4), config, 200)
+        train_ar.continuation_nll(model, x[:, :0], x, torch.arange(4), config)
 
 
 def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
@@ -106,9 +106,10 @@ def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
 def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition(tmp_path, capsys):
     import os
     import sys
-    from checkpoint import load_checkpoint, model_from_checkpoint
+    from runtime import load_checkpoint, model_from_checkpoint
     from conftest import ROOT, make_tiny_data, tiny_args
-    from trainer import load_meta, load_tokens, run
+    from data import load_meta, load_tokens
+    from trainer import run
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sample_quality
     data_dir = make_tiny_data(tmp_path)

@@ -6,14 +6,16 @@ import os
 import pytest
 import torch
 
-import checkpoint
+import runtime as checkpoint
+import data
 import trainer
 import train_ar
 from conftest import tiny_args
-from checkpoint import load_checkpoint
+from runtime import load_checkpoint
 from cli import UserError
 from test_training import read_log, train
-from trainer import configure, number_format, peak_flops, rng_state, set_rng_state, setup_distributed
+from runtime import number_format, peak_flops, rng_state, set_rng_state, setup_distributed
+from trainer import configure
 
 
 def test_a_resumed_run_keeps_every_saved_option_the_command_line_does_not_give(data_dir, tmp_path):
@@ -97,7 +99,9 @@ def test_torchrun_picks_the_backend_of_the_runs_device_not_of_the_host(device, b
     monkeypatch.setattr(dist, "get_rank", lambda: 0)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with GPUs
-    assert setup_distributed(torch.device(device)) == (0, 2, 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    rank, world_size, run_device = setup_distributed(torch.device(device))
+    assert (rank, world_size, run_device.type) == (0, 2, device)
     assert chosen == [backend]
 
 
@@ -120,11 +124,11 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
         saved.append((os.path.basename(path), obj["iter"]))
         real_save(obj, path)
 
-    def validation_worse_after_iteration_20(model, windows, window_ids, config, mask_id):
-        nats, count = train_ar.validation_loss(model, windows, window_ids, config, mask_id)
+    def validation_worse_after_iteration_20(model, windows, window_ids, config):
+        nats, count = train_ar.validation_loss(model, windows, window_ids, config)
         real_val.append(nats / count)
         return nats + (10.0 * count if len(real_val) > 5 else 0.0), count  # evaluations 6.. (iter 25..) look bad
-    monkeypatch.setattr(trainer, "atomic_save", recording_save)
+    monkeypatch.setattr(checkpoint, "atomic_save", recording_save)
     trainer.run("ar", True, train_ar.training_loss, validation_worse_after_iteration_20,
                 tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
     assert [r["iter"] for r in read_log(out)][4] == 20 and real_val[4] < real_val[0]
@@ -132,11 +136,11 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
     assert saved == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 20), ("ckpt.pt", 40)]
     best = load_checkpoint(out + "/best.pt")
     model, config = checkpoint.model_from_checkpoint(best), trainer.TrainConfig(**best["config"])
-    meta = trainer.load_meta(os.path.join(data_dir, "tiny"))
-    val = trainer.val_windows(trainer.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
+    meta = data.load_meta(os.path.join(data_dir, "tiny"))
+    val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
                               config.eval_windows)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), config, model.config.mask_id)
+        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), config)
     assert best["best_val"] == pytest.approx(real_val[4]) and abs(nats / count - real_val[4]) < 1e-5
     assert abs(nats / count - real_val[-1]) > 1e-3  # the final weights are different ones
 
@@ -145,9 +149,9 @@ def test_no_non_finite_weights_reach_best_pt_either(data_dir, tmp_path):
     out = str(tmp_path / "run")
     calls = []
 
-    def poisoned(model, windows, noise, mask_id):
+    def poisoned(*args):
         calls.append(1)
-        loss = train_ar.training_loss(model, windows, noise, mask_id)
+        loss = train_ar.training_loss(*args)
         return loss * float("nan") if len(calls) > 6 else loss
     with pytest.raises(UserError, match="not finite at iteration 6"):
         trainer.run("ar", True, poisoned, train_ar.validation_loss,

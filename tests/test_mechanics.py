@@ -216,7 +216,7 @@ def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
         seen.append(idx.clone())
         return real_forward(self, idx, cache)
     monkeypatch.setattr(Transformer, "forward", forward)
-    nll = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config, mask_id)
+    nll = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config)
     inputs = torch.cat(seen)
     assert not (inputs[:, :9] == mask_id).any() and (inputs[:, 9:] == mask_id).any()
 
@@ -225,7 +225,7 @@ def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
         logits[:, :9] = torch.randn(logits[:, :9].shape)
         return logits
     monkeypatch.setattr(Transformer, "forward", scrambled)
-    again = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config, mask_id)
+    again = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config)
     torch.testing.assert_close(nll, again)
 
 

@@ -27,7 +27,7 @@ def check_folder(folder, text_train, text_val, tokenizer):
     train = np.fromfile(os.path.join(folder, "train.bin"), dtype=np.uint16)
     val = np.fromfile(os.path.join(folder, "val.bin"), dtype=np.uint16)
     assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
-    assert meta["mask_id"] == meta["n_vocab"] == enc.n_vocab
+    assert meta["n_vocab"] == enc.n_vocab and "mask_id" not in meta  # the model adds [MASK] as id n_vocab
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
     assert train.max() < meta["n_vocab"]
     assert enc.decode(train.tolist()) == text_train

@@ -13,7 +13,7 @@ from cli import UserError
 from conftest import tiny_text
 from tokenizer import (GPT2_PATTERN, RANKS_FILE, make_encoding, piece_counts, ranks_to_text, save_ranks,
                        tokenizer_from_meta, train_bpe)
-from trainer import Windows, document_ends
+from data import Windows, document_ends
 
 HARD_TEXT = ("héllo wörld — ünïcode ✓ 日本語のテキスト 🙂\n\n\n\tdef f(x):\n        return x  \n\n"
              "   spaces    and\ttabs\r\n'quoted' it's we'll 12345 3.14159\n\n")
@@ -97,7 +97,7 @@ def test_bpe_prepare_never_trains_on_val_and_checkpoint_free_decoding(tmp_path):
     assert ranks_a == open(os.path.join(out_b, RANKS_FILE)).read()  # the val text changed nothing
     assert ranks_a == ranks_to_text(train_bpe([train_text], 400))
     meta = json.load(open(os.path.join(out_a, "meta.json")))
-    assert meta["tokenizer"] == "bpe" and meta["n_vocab"] == meta["mask_id"] == 400 and "eot_id" not in meta
+    assert meta["tokenizer"] == "bpe" and meta["n_vocab"] == 400 and "eot_id" not in meta
     enc = tokenizer_from_meta(meta, out_a)
     train = np.fromfile(os.path.join(out_a, "train.bin"), dtype=np.uint16)
     assert enc.decode(train.tolist()) == train_text
@@ -110,7 +110,7 @@ def test_documents_end_with_an_end_of_text_token(tmp_path):
         meta = prepare_data.prepare(docs[:2] * 40, docs[2:], out, tokenizer, "t", vocab_size=260, documents=True)
         enc = tokenizer_from_meta(meta, out)
         eot = meta["eot_id"]
-        assert eot == enc.n_vocab - 1 and meta["mask_id"] == enc.n_vocab
+        assert eot == enc.n_vocab - 1 and meta["n_vocab"] == enc.n_vocab
         train = np.fromfile(os.path.join(out, "train.bin"), dtype=np.uint16).tolist()
         assert train.count(eot) == 80 and train[-1] == eot
         assert enc.decode(train) == "<|endoftext|>".join(docs[:2] * 40) + "<|endoftext|>"

@@ -13,8 +13,9 @@ import train_ar
 import train_diffusion
 from conftest import ROOT, tiny_args
 from cli import UserError, parse_args
-from checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
-from trainer import TrainConfig, run
+from runtime import atomic_save, load_checkpoint, model_from_checkpoint
+from config import TrainConfig
+from trainer import run
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
@@ -44,7 +45,7 @@ def test_tiny_model_learns_tiny_corpus(kind, data_dir, tmp_path):
 
 def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
     """The saved weights reproduce the final val loss the run logged (same logits on the same windows)."""
-    from trainer import load_meta, load_tokens, val_windows
+    from data import load_meta, load_tokens, val_windows
     out = str(tmp_path / "run")
     train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10")
     ckpt = load_checkpoint(out)  # a folder: best.pt
@@ -54,7 +55,7 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
     meta = load_meta(os.path.join(data_dir, "tiny"))
     windows = val_windows(load_tokens(os.path.join(data_dir, "tiny"), "val", meta), 32, 8)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), TrainConfig(), 256)
+        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), TrainConfig())
     assert abs(nats / count - read_log(out)[-1]["val_loss"]) < 1e-6
     latest = model_from_checkpoint(load_checkpoint(out + "/ckpt.pt"))
     idx = torch.randint(0, 256, (2, 32))
@@ -62,7 +63,7 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
 
 
 def test_epochs_are_exact_every_window_once_per_epoch():
-    from trainer import Windows
+    from data import Windows
     tokens = np.arange(1000, dtype=np.uint16)
     w = Windows(tokens, 32, seed=1)
     assert w.n == (1000 - 1) // 32
@@ -77,9 +78,9 @@ def test_epochs_are_exact_every_window_once_per_epoch():
 
 def test_cli_overrides_both_spellings_and_bools():
     c = TrainConfig()
-    given = parse_args(["--n_layer=6", "--lr", "1e-3", "--compile", "--random_offsets=false", "--dataset", "x"], c)
-    assert (c.n_layer, c.lr, c.compile, c.random_offsets, c.dataset) == (6, 1e-3, True, False, "x")
-    assert given == {"n_layer", "lr", "compile", "random_offsets", "dataset"}
+    given = parse_args(["--n_layer=6", "--lr", "1e-3", "--compile", "--resume=false", "--dataset", "x"], c)
+    assert (c.n_layer, c.lr, c.compile, c.resume, c.dataset) == (6, 1e-3, True, False, "x")
+    assert given == {"n_layer", "lr", "compile", "resume", "dataset"}
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -159,9 +160,9 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tm
 
     calls = []
 
-    def poisoned(model, windows, noise, mask_id):  # a loss that turns NaN at the 13th iteration
+    def poisoned(*args):  # a loss that turns NaN at the 13th iteration
         calls.append(1)
-        loss = train_ar.training_loss(model, windows, noise, mask_id)
+        loss = train_ar.training_loss(*args)
         return loss * float("nan") if len(calls) > 12 else loss
     with pytest.raises(UserError, match="loss is not finite at iteration 12"):
         run("ar", True, poisoned, train_ar.validation_loss,
@@ -253,7 +254,7 @@ def test_documents_order_resumes_exactly(kind, docs_data_dir, tmp_path):
                                                  ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
 def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16(capability, expected, monkeypatch):
     """A T4 (7.5) reports bf16 'supported' through emulation; it must get fp16 (and a grad scaler) instead."""
-    from checkpoint import pick_dtype
+    from runtime import pick_dtype
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert pick_dtype("auto", torch.device("cuda")) == expected

@@ -1,0 +1,104 @@
+"""
+Every option of a training run, with its default and its allowed values: `python train_ar.py --n_layer=6` (or
+`--n_layer 6`) overrides a field. The same config is saved in every checkpoint, so evaluate.py and the experiments
+read a run's options from here too.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+from cli import UserError, option
+
+
+@dataclass
+class TrainConfig:
+    # --- data (prepare_data.py writes data_dir/dataset)
+    dataset: str = "default"
+    data_dir: str = "data"
+    # U: train only on the first U train tokens, repeated (0: the whole train split)
+    unique_tokens: int = option(0, low=0)
+    # training tokens = epochs x U; the learning-rate schedule spans them all
+    epochs: float = option(16.0, above=0)
+    # if > 0: train this many iterations instead of `epochs` (short runs and tests)
+    max_iters: int = option(0, low=0)
+    # fixed: the same windows every epoch, shuffled; documents: the papers' loader, a fresh seeded document order
+    # every epoch cut into windows (their boundaries move; needs data with documents)
+    epoch_order: str = option("fixed", choices=("fixed", "documents"))
+    # --- model
+    n_layer: int = option(4, low=1)
+    n_head: int = option(4, low=1)
+    n_embd: int = option(128, low=2)
+    # context length in tokens
+    block_size: int = option(128, low=1)
+    # on the residual branches and the embeddings (no attention-weight dropout)
+    dropout: float = option(0.0, low=0, below=1)
+    # --- optimisation: AdamW, linear warmup, then cosine to lr * min_lr_ratio at the end of the run
+    # windows per micro-batch, per process
+    batch_size: int = option(16, low=1)
+    # micro-batches per optimizer step
+    grad_accum: int = option(1, low=1)
+    lr: float = option(2e-3, above=0)
+    min_lr_ratio: float = option(0.1, low=0, high=1)
+    # warmup iterations, at most 10% of the run
+    warmup_iters: int = option(100, low=0)
+    # if > 0: warm up over this share of the run instead (runs of many lengths in one sweep)
+    warmup_fraction: float = option(0.0, low=0, below=1)
+    weight_decay: float = option(0.1, low=0)
+    beta1: float = option(0.9, low=0, below=1)
+    beta2: float = option(0.95, low=0, below=1)
+    grad_clip: float = option(1.0, above=0)
+    # --- evaluation
+    # iterations between evaluations (there is always one at the start and one at the end)
+    eval_interval: int = option(250, low=1)
+    # if > 0: evaluate every this many epochs instead (runs of many lengths in one sweep)
+    eval_epochs: float = option(0.0, low=0)
+    # validation windows evaluated, the same ones every time (0: all)
+    eval_windows: int = option(64, low=0)
+    eval_batch_size: int = option(64, low=1)
+    # K stratified t values per window for the diffusion ELBO
+    elbo_samples: int = option(32, low=1)
+    # seeds the diffusion ELBO's masks and picks the multiple-choice items
+    eval_seed: int = option(1234, low=0)
+    # multiple-choice continuation items scored at every evaluation (0: none)
+    mc_items: int = option(200, low=0)
+    # K of diffusion's conditional ELBO for those items (evaluate.py uses elbo_samples)
+    mc_samples: int = option(4, low=1)
+    # --- output
+    # the run's folder (default: out/<kind>)
+    out_dir: str = ""
+    # iterations between checkpoints (0: at every evaluation); always one at the end and at a stop
+    ckpt_interval: int = option(0, low=0)
+    # iterations between progress lines
+    log_interval: int = option(25, low=1)
+    # continue the run in out_dir from its ckpt.pt
+    resume: bool = False
+    # if > 0: checkpoint and stop after this many seconds (then --resume)
+    stop_after_s: float = option(0.0, low=0)
+    # replace the run in out_dir: the old run stays whole until the new one's first checkpoint takes its place
+    overwrite: bool = False
+    # --- system
+    seed: int = option(1337, low=0)
+    # auto: cuda, then mps, then cpu; or cpu, cuda, cuda:N, mps
+    device: str = "auto"
+    # auto: bfloat16 on GPUs with native bf16, float16 on older ones, float32 on a CPU
+    dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    # torch.compile the model (GPUs: faster after a minute of compiling)
+    compile: bool = False
+
+
+# options a resumed run may change when the command line gives them; every other option must match the checkpoint,
+# and whatever the command line does not give keeps its saved value
+RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "dtype", "compile", "log_interval", "stop_after_s"}
+
+# options of earlier versions, with the value that meant what this version does: a checkpoint that saved that
+# value still loads
+RETIRED = {"random_offsets": False, "mc_context": 0, "mc_continuation": 0}
+
+
+def saved_config(ckpt, path):
+    """The TrainConfig a checkpoint was trained with; one that names options this version lacks is a UserError."""
+    saved = {k: v for k, v in ckpt["config"].items() if not (k in RETIRED and v == RETIRED[k])}
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"{path} was written by another version of this project (options {', '.join(unknown)} are "
+                        f"unknown here): use that version, or start the run again")
+    return TrainConfig(**saved)

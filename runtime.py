@@ -1,0 +1,355 @@
+"""
+The machinery under a run, which a first reading may skip: the device and number format, DDP processes, RNG state,
+checkpoints (saved whole, loaded with checks), one writer per folder, and --resume's and --overwrite's rules.
+Shared by training, sampling and the experiment scripts.
+"""
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+
+from cli import UserError
+from config import RESUME_MAY_CHANGE, saved_config
+from model import ModelConfig, Transformer
+
+
+# ----------------------------------------------------------------------------- device, number format, processes
+
+def pick_device(name):
+    """'auto': cuda, then mps, then cpu; anything else as torch names it."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            raise UserError(f"--device {name}: this machine has no such CUDA GPU: use --device=auto or cpu")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {name}: MPS is not available here: use --device=auto or cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name, device):
+    """'auto': bfloat16 on GPUs with native bf16 (compute capability 8.0 and up: A100, L4, H100, RTX 30xx...),
+    float16 (with a grad scaler in training) on older ones such as a T4, float32 elsewhere.
+    torch.cuda.is_bf16_supported() says yes on a T4 too, where bf16 is emulated and slow."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
+        else:
+            name = "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def runs_natively(dtype, device):
+    """Whether a number format is native on a device: bf16 needs compute capability 8.0 (a T4 only emulates it),
+    and a CPU trains in float32."""
+    if device.type != "cuda":
+        return dtype == torch.float32
+    return dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def number_format(config, ckpt, given, device):
+    """The run's dtype. A resumed run keeps the format it was saved in unless --dtype says otherwise or this
+    device cannot run it natively; any change is said in one line (the numbers then differ slightly from an
+    uninterrupted run's)."""
+    saved = ckpt.get("dtype") if ckpt is not None else None
+    if saved is None or "dtype" in given:
+        dtype = pick_dtype(config.dtype, device)
+    else:
+        dtype = getattr(torch, saved)
+        if not runs_natively(dtype, device):
+            dtype = pick_dtype("auto", device)
+    if saved is not None and str(dtype) != f"torch.{saved}":
+        print(f"note: the run was saved in {saved} and continues in {str(dtype).replace('torch.', '')} on "
+              f"{device.type}: from here on it differs slightly from an uninterrupted run")
+    return dtype
+
+
+def mixed_precision(device, dtype):
+    """(autocast context, grad scaler): autocast in the run's format (none in float32), and a loss scaler that
+    only a float16 run uses."""
+    if device.type == "cuda":  # TF32 for the float32 matmuls left under autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 \
+        else contextlib.nullcontext()
+    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def setup_distributed(device):
+    """(rank, world_size, device): a torchrun launch starts DDP, NCCL when the run's device is a GPU and gloo when
+    it is the CPU (also on a host with GPUs); each process then takes the GPU of its local rank."""
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_reduce_sum(values, world_size):
+    """values summed over the processes, in place (itself with one process)."""
+    if world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def rank0_says(flag, device, world_size):
+    """Rank 0's boolean, on every process (so that all of them stop together)."""
+    if world_size == 1:
+        return flag
+    flag = torch.tensor([float(flag)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def end_processes(world_size):
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+# dense bf16 tensor-core peak FLOP/s with float32 accumulation (fp16 on a T4), from the vendors' data sheets, by the
+# exact name torch reports, for MFU; a GPU not listed (an H100 NVL, an A10G...) gets no MFU rather than a wrong one
+PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+              "NVIDIA A100 80GB PCIe": 312e12, "NVIDIA L4": 121e12, "NVIDIA L40S": 362e12, "NVIDIA A10": 125e12,
+              "Tesla T4": 65e12, "NVIDIA GeForce RTX 4090": 82.6e12, "NVIDIA GeForce RTX 3090": 35.6e12}
+
+
+def peak_flops(device):
+    return PEAK_FLOPS.get(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def rng_state(device):
+    # torch's generators only: dropout draws from them; the data order and the diffusion noise come from
+    # generators seeded per epoch and per step, so they need no saved state. On a GPU, only the run's own
+    # device's generator: a host with fewer GPUs can resume it
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state, device):
+    """Restore rng_state's generators; the GPU's only when the run was saved on a GPU and continues on one."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # checkpoints before this version: every visible GPU's state
+        cuda = cuda[min(device.index or 0, len(cuda) - 1)] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def every_rng_state(device, world_size):
+    """Every process's rng_state, in rank order (a collective: all processes call it)."""
+    if world_size == 1:
+        return [rng_state(device)]
+    states = [None] * world_size
+    dist.all_gather_object(states, rng_state(device))
+    return states
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact. The temporary name
+    is this process's own, and an error or Ctrl-C mid-save removes it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """A checkpoint dict written by this project (a run folder: its best.pt, else ckpt.pt; or a file)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.pt") if os.path.isfile(os.path.join(path, "best.pt")) \
+            else os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first (python train_ar.py or train_diffusion.py)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("ar", "diffusion") or "model" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no kind/model entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    try:
+        model = Transformer(ModelConfig(**ckpt["model_args"]))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model_args do not describe a model of this version ({e})") from None
+    load_weights(model, ckpt, "the checkpoint")
+    return model.to(device).eval()
+
+
+def load_weights(model, ckpt, path):
+    """The checkpoint's weights into model, or a UserError when they do not fit its shapes (a foreign file)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{path}: its weights do not fit its model ({first.rstrip('.')})") from None
+
+
+def save_checkpoint(out_dir, header, best, training):
+    """best.pt (when the run improved since the last save: its weights waited in memory), then ckpt.pt: everything
+    --resume needs to continue exactly. `header` (kind, model_args, config, meta) goes into both."""
+    if best is not None:
+        atomic_save(dict(header, **best), os.path.join(out_dir, "best.pt"))
+    atomic_save(dict(header, **training), os.path.join(out_dir, "ckpt.pt"))
+
+
+def checkpoint_to_resume(config, given, kind):
+    """(config, checkpoint) of the run --resume continues: the saved config is kept, the options the command line
+    gives replace it only where RESUME_MAY_CHANGE allows, and the folder is the one it was found in."""
+    path = os.path.join(config.out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: {config.out_dir} holds no checkpoint to continue (no ckpt.pt): start the run "
+                        f"without --resume")
+    ckpt = load_checkpoint(path)
+    if ckpt["kind"] != kind:
+        script = "train_ar.py" if ckpt["kind"] == "ar" else "train_diffusion.py"
+        raise UserError(f"{path} holds {'an AR' if ckpt['kind'] == 'ar' else 'a diffusion'} run: resume it with "
+                        f"{script}")
+    saved = saved_config(ckpt, path)
+    changed = [k for k in given - RESUME_MAY_CHANGE if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        raise UserError(f"--resume continues the saved config; these options differ from it: "
+                        f"{', '.join('--' + k for k in sorted(changed))}")
+    for k in given | {"resume", "overwrite", "out_dir"}:
+        setattr(saved, k, getattr(config, k))
+    return saved, ckpt
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+LOCK_FILE = ".lock"
+
+
+def take_lock(folder):
+    """Make this process the one writer of folder: a lock file with its pid and host, created atomically, removed by
+    release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
+    a UserError that names it. The folder is created if need be."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder is not None:
+                raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
+                                f"{holder.get('since', '?')}): wait for it to end, or stop it first")
+            print(f"note: {folder} was locked by a process that has ended: taking the lock over")
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process took it over first: try again
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        atexit.register(release_lock, path)
+        return path
+
+
+def lock_holder(path):
+    """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
+    or it is this process's own (a run before, in the same Python), or it was left empty by a kill mid-write."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return None if time.time() - os.path.getmtime(path) > 10 else {"pid": "?", "host": "?"}
+        except OSError:
+            return None
+    if host != socket.gethostname():
+        return holder  # another machine's process: it cannot be checked, so it is taken to be alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, someone else's
+        pass
+    return holder
+
+
+def release_lock(path):
+    """Remove a lock this process holds (nothing if it is gone or another process's)."""
+    try:
+        with open(path) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+        os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+# ----------------------------------------------------------------------------- a run's folder, all or nothing
+
+def claim_run_folder(out_dir, ckpt, overwrite):
+    """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
+    replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
+    (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
+    run is refused without --resume or --overwrite. Leftovers of an earlier replacement are settled first."""
+    new, old = f"{out_dir}.new", f"{out_dir}.old"
+    if not os.path.exists(out_dir) and os.path.isfile(os.path.join(new, "ckpt.pt")):
+        os.rename(new, out_dir)  # a replacement killed between its two renames: the new run had taken over
+    take_lock(out_dir)
+    for leftover in (new, old):  # a new run that never reached its first checkpoint, or an old one replaced
+        shutil.rmtree(leftover, ignore_errors=True)
+    holds_run = os.path.exists(os.path.join(out_dir, "ckpt.pt"))
+    if ckpt is None and holds_run and not overwrite:
+        release_lock(os.path.join(out_dir, LOCK_FILE))
+        raise UserError(f"{out_dir} already holds a run: continue it with --resume, start over with --overwrite, or "
+                        f"choose another --out_dir")
+    if ckpt is None and holds_run:
+        take_lock(new)
+        return new
+    if ckpt is None and os.path.exists(os.path.join(out_dir, "log.jsonl")):
+        print(f"{out_dir} holds no checkpoint (an earlier start stopped before its first one): starting afresh there")
+    return out_dir
+
+
+def put_in_place(run_dir, out_dir):
+    """After a checkpoint: a new run written beside the old one (--overwrite) becomes out_dir. The rename of the old
+    folder is the moment of the switch; claim_run_folder finishes a switch a kill interrupted. Returns out_dir."""
+    if run_dir == out_dir:
+        return out_dir
+    old = f"{out_dir}.old"
+    os.rename(out_dir, old)
+    os.rename(run_dir, out_dir)
+    atexit.register(release_lock, os.path.join(out_dir, LOCK_FILE))  # this process's lock moved with its folder
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
