@@ -53,7 +53,7 @@ def check_token_ids(tokens, meta, path):
                         f"tokens): the file does not match meta.json; re-run prepare_data.py")
 
 
-class Windows:
+class TrainingWindows:
     """Training windows of block_size + 1 tokens over the first U tokens (window j of an epoch starts at
     j * block_size, so consecutive windows share one token: AR predicts every token but the first exactly once
     per epoch).
@@ -132,7 +132,7 @@ def training_data(config, ckpt):
     check_token_ids(tokens, meta, os.path.join(data_dir, "train.bin"))
     check_token_ids(val_tokens, meta, os.path.join(data_dir, "val.bin"))
     ends = document_ends(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
-    return meta, Windows(tokens, config.block_size, config.seed, ends), val_tokens
+    return meta, TrainingWindows(tokens, config.block_size, config.seed, ends), val_tokens
 
 
 # ----------------------------------------------------------------------------- a checkpoint's own data

@@ -33,10 +33,11 @@ from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_b
 
 @dataclass
 class PrepareConfig:
-    tokenizer: str = option("bytes", choices=("bytes", "bpe", "gpt2"))  # bpe: trained here, offline; gpt2: downloaded
+    # bytes: 256 byte tokens; bpe: trained here on the train split, offline; gpt2: GPT-2's BPE, downloaded
+    tokenizer: str = option("bytes", choices=("bytes", "bpe", "gpt2"))
     vocab_size: int = option(8192, low=256, high=65534)  # bpe only: tokens in the trained BPE (256 bytes + merges)
-    dataset: str = option("default", choices=("default", "python", "shakespeare", "tinystories", "c4"))  # the
-    # first two are offline
+    # default and python are offline; the others are downloaded
+    dataset: str = option("default", choices=("default", "python", "shakespeare", "tinystories", "c4"))
     input: str = ""  # a UTF-8 text file to use instead of --dataset
     name: str = ""  # folder under data_dir (default: the dataset or input file name, + _gpt2 / _bpe<vocab>)
     data_dir: str = "data"

@@ -28,7 +28,8 @@ def pick_device(name):
             device = torch.device(name)
         except RuntimeError:
             raise UserError(f"--device {name}: not a device name: use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        missing = not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        if device.type == "cuda" and missing:
             raise UserError(f"--device {name}: this machine has no such CUDA GPU: use --device=auto or cpu")
         if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UserError(f"--device {name}: MPS is not available here: use --device=auto or cpu")

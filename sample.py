@@ -37,13 +37,13 @@ class SampleConfig:
     max_new_tokens: int = option(300, low=0)
     top_k: int = option(0, low=0)  # keep the k most likely tokens (0: all)
     top_p: float = option(1.0, above=0, high=1)  # keep the smallest set of tokens whose probability reaches p
-    no_cache: bool = False  # recompute the whole context every token (slow; for checking the cache)
     # diffusion
-    gen_length: int = option(-1, low=-1)  # tokens after the prompt (-1: the rest of the context in whole blocks;
-    # 0: only infill)
+    # tokens after the prompt (-1: the rest of the context in whole blocks; 0: only fill the prompt's [MASK]s)
+    gen_length: int = option(-1, low=-1)
     steps: int = option(0, low=0)  # denoising steps (0: one token per step)
-    block_length: int = option(8, low=0)  # semi-autoregressive block size (0: one block); small blocks keep
-    # weak models from committing runs of their most confident token first
+    # semi-autoregressive block size (0: one block): small blocks keep weak models from committing runs of their
+    # most confident token first
+    block_length: int = option(8, low=0)
     remasking: str = option("low_confidence", choices=("low_confidence", "random"))
     show: bool = False  # print the denoising trajectory, one line per step
 
@@ -240,7 +240,7 @@ def sample_ar(model, enc, prompt, config, generator):
 
         idx = torch.tensor([prompt], device=model.embed.weight.device)
         ar_generate(model, idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
-                    generator, use_cache=not config.no_cache, on_token=stream)
+                    generator, on_token=stream)
         print(decoder.decode(b"", final=True))
         print("-" * 60)
 

@@ -17,10 +17,10 @@ KIND = "ar"
 CAUSAL = True
 
 
-def training_loss(model, windows, mask_id, generator, share):
+def training_loss(model, batch, mask_id, generator, share):
     """AR loss: mean over b, i of -log p(x[b, i+1] | x[b, :i+1]). AR masks nothing and draws no noise: `mask_id`,
     `generator` and `share` are unused."""
-    x, targets = windows[:, :-1], windows[:, 1:]
+    x, targets = batch[:, :-1], batch[:, 1:]
     logits = model(x)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 

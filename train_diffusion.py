@@ -18,14 +18,14 @@ CAUSAL = False
 EPS = 1e-3  # t ~ U(EPS, 1): the 1/t weight stays finite
 
 
-def training_loss(model, windows, mask_id, generator, share):
+def training_loss(model, batch, mask_id, generator, share):
     """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
     loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b]), t_b = EPS + (1 - EPS) * u_b.
 
     t and the masks are drawn for the whole global batch from `generator` (seeded by seed, iteration and
     micro-step; the same in every process), and this process keeps its own rows, `share` = (rank, world_size): N
     processes, and a resumed run, see exactly the masks of one uninterrupted process."""
-    x = windows[:, :-1]
+    x = batch[:, :-1]
     (B, T), (rank, world_size) = x.shape, share
     rows = slice(rank * B, (rank + 1) * B)
     u = torch.rand(1, generator=generator)

@@ -160,7 +160,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     kind's continuation_nll, every evaluation also logs the multiple-choice accuracy (downstream.py)."""
     # set-up: options, data, processes, model; nothing is written before every check has passed
     config, ckpt, given = configure(kind, sys.argv[1:] if argv is None else argv)
-    meta, windows, val_tokens = training_data(config, ckpt)
+    meta, train_windows, val_tokens = training_data(config, ckpt)
     val = val_windows(val_tokens, config.block_size, config.eval_windows)
     items = None
     if config.mc_items and continuation_nll:
@@ -176,8 +176,8 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
     my_rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
     global_batch = micro_rows * config.grad_accum
-    total_iters = config.max_iters or math.ceil(config.epochs * windows.n / global_batch)
-    eval_interval = max(round(config.eval_epochs * windows.n / global_batch), 1) if config.eval_epochs \
+    total_iters = config.max_iters or math.ceil(config.epochs * train_windows.n / global_batch)
+    eval_interval = max(round(config.eval_epochs * train_windows.n / global_batch), 1) if config.eval_epochs \
         else config.eval_interval
     header = {"kind": kind, "model_args": raw_model.model_args(), "config": dataclasses.asdict(config), "meta": meta}
     bits_per_byte = meta["tokenizer"] == "bytes" and meta.get("eot_id") is None
@@ -185,9 +185,9 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     log_path = open_log(run_dir, ckpt) if master else None
     if master:
         print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
-              f"{world_size} process(es) | U = {len(windows.tokens):,} tokens = {windows.n:,} windows of "
+              f"{world_size} process(es) | U = {len(train_windows.tokens):,} tokens = {train_windows.n:,} windows of "
               f"{config.block_size + 1} | {global_batch} windows/iter | {total_iters:,} iters = "
-              f"{total_iters * global_batch / windows.n:.2f} epochs | out: {config.out_dir}", flush=True)
+              f"{total_iters * global_batch / train_windows.n:.2f} epochs | out: {config.out_dir}", flush=True)
 
     # the loop's state: what a checkpoint saves, so that --resume continues exactly
     state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
@@ -217,12 +217,12 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
             is_best = val_loss < state["best_val"]
             if is_best:
                 state.update(best_val=val_loss, best_iter=it)
-            epoch = windows_seen / windows.n
+            epoch = windows_seen / train_windows.n
             record = {"iter": it, "epoch": round(epoch, 4), "tokens": windows_seen * config.block_size,
                       "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
                       "best_val": state["best_val"], "kind": kind, "tokenizer": tokenizer_name(meta),
                       "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
-                      "unique_tokens": len(windows.tokens), "n_params": n_params, "done": it == total_iters,
+                      "unique_tokens": len(train_windows.tokens), "n_params": n_params, "done": it == total_iters,
                       "elapsed_s": round(time.time() - t_start + state["elapsed_before"], 1)}
             if bits_per_byte:
                 record["val_bits_per_byte"] = val_loss / math.log(2)
@@ -253,7 +253,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
             if master:
                 elapsed = state["elapsed_before"] + time.time() - t_start
                 runtime.save_checkpoint(run_dir, header, best, {
-                    "model": raw_model.state_dict(), "iter": it, "epoch": windows_seen / windows.n,
+                    "model": raw_model.state_dict(), "iter": it, "epoch": windows_seen / train_windows.n,
                     "best_val": state["best_val"], "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "state": dict(state, elapsed_before=elapsed), "rng": rngs, "dtype": str(dtype)[len("torch."):]})
                 best = None
@@ -269,7 +269,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
         step_loss = torch.zeros((), device=device)
         for micro in range(config.grad_accum):
             first_slot = windows_seen + micro * micro_rows
-            batch = windows.get(range(first_slot + my_rows.start, first_slot + my_rows.stop))
+            batch = train_windows.get(range(first_slot + my_rows.start, first_slot + my_rows.stop))
             batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
             last_micro = micro == config.grad_accum - 1
             with (model.no_sync() if world_size > 1 and not last_micro else contextlib.nullcontext()), autocast:
@@ -299,8 +299,9 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                 tokens = iters_since_log * global_batch * config.block_size
                 mfu = False if device.type != "cuda" else None if not peak else \
                     100 * raw_model.flops_per_token() * tokens / seconds / (peak * world_size)
-                print(progress_line(it, total_iters, windows_seen / windows.n, step_loss.item(), lr, tokens / seconds,
-                                    mfu, (total_iters - it) * seconds / iters_since_log), flush=True)
+                eta_s = (total_iters - it) * seconds / iters_since_log
+                print(progress_line(it, total_iters, windows_seen / train_windows.n, step_loss.item(), lr,
+                                    tokens / seconds, mfu, eta_s), flush=True)
             t_log, iters_since_log = time.time(), 0
 
     if master and out_of_time:

@@ -13,7 +13,7 @@ from cli import UserError
 from conftest import tiny_text
 from tokenizer import (GPT2_PATTERN, RANKS_FILE, make_encoding, piece_counts, ranks_to_text, save_ranks,
                        tokenizer_from_meta, train_bpe)
-from data import Windows, document_ends
+from data import TrainingWindows, document_ends
 
 HARD_TEXT = ("héllo wörld — ünïcode ✓ 日本語のテキスト 🙂\n\n\n\tdef f(x):\n        return x  \n\n"
              "   spaces    and\ttabs\r\n'quoted' it's we'll 12345 3.14159\n\n")
@@ -160,7 +160,7 @@ def test_documents_order_sees_every_token_once_per_epoch_with_moving_boundaries(
     tokens = np.concatenate(docs).astype(np.uint16)
     ends = document_ends(tokens, 256)
     assert len(ends) == 40 and ends[-1] == len(tokens)
-    w = Windows(tokens, 16, seed=3, document_ends=ends)
+    w = TrainingWindows(tokens, 16, seed=3, document_ends=ends)
     layouts = []
     for epoch in range(3):
         batch = w.get(range(epoch * w.n, (epoch + 1) * w.n))

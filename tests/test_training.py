@@ -63,9 +63,9 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
 
 
 def test_epochs_are_exact_every_window_once_per_epoch():
-    from data import Windows
+    from data import TrainingWindows
     tokens = np.arange(1000, dtype=np.uint16)
-    w = Windows(tokens, 32, seed=1)
+    w = TrainingWindows(tokens, 32, seed=1)
     assert w.n == (1000 - 1) // 32
     for epoch in range(3):
         batch = w.get(range(epoch * w.n, (epoch + 1) * w.n))
