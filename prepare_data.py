@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cli import UserError, option, parse_args, run_cli
+from folders import data_lock, data_readers, put_in_place, release_lock, settle_replacement, take_lock
 from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
 
 
@@ -48,7 +49,8 @@ class PrepareConfig:
     max_download_mb: float = option(100.0, above=0)  # cap on each downloaded file
     cache_dir: str = os.path.join("data", "_downloads")
     base_url: str = ""  # fetch the dataset's files from this server instead (a mirror)
-    reuse: bool = False  # keep the folder as it is when it was prepared from the same text with the same options
+    # replace a folder that holds other data (one prepared from the same inputs is kept without it)
+    overwrite: bool = False
 
 
 # ----------------------------------------------------------------------------- sources
@@ -200,9 +202,10 @@ def tokenize(enc, docs, eot_id):
 
 
 def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0, vocab_size=8192,
-            documents=False, extra_meta=None):
-    """Tokenize and write train.bin, val.bin and meta.json; returns the meta dict. train_docs and val_docs are
-    strings or lists of documents; with documents=True every document ends with an end-of-text token."""
+            documents=False, extra_meta=None, val_names=None):
+    """Tokenize and write train.bin, val.bin and meta.json (last: a folder with a meta.json is whole); returns the
+    meta dict. train_docs and val_docs are strings or lists of documents; with documents=True every document ends
+    with an end-of-text token. val_names: the held-out files' names, for val_files.txt."""
     train_docs = [train_docs] if isinstance(train_docs, str) else list(train_docs)
     val_docs = [val_docs] if isinstance(val_docs, str) else list(val_docs)
     dropped = 0
@@ -229,6 +232,9 @@ def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0
         "sha256": hashlib.sha256("".join(train_docs + val_docs).encode("utf-8")).hexdigest(),
         **(extra_meta or {}),
     })
+    if val_names is not None:  # which files are held out, for anyone who wants to check the split
+        with open(os.path.join(out_dir, "val_files.txt"), "w") as f:
+            f.write("\n".join(val_names) + "\n")
     tmp = os.path.join(out_dir, f"meta.json.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2)
@@ -305,6 +311,19 @@ def prepared_from(out_dir):
         return None
 
 
+def check_replaceable(out_dir, overwrite):
+    """A folder that holds other data is replaced only with --overwrite, and never while a training run reads it."""
+    if not os.path.exists(out_dir):
+        return
+    if not overwrite:
+        raise UserError(f"{out_dir} already holds data prepared from other text or options (or an incomplete "
+                        f"folder): replace it with --overwrite, or choose another --name")
+    readers = data_readers(out_dir)
+    if readers:
+        raise UserError(f"{out_dir} is read by a training run (process {readers[0]['pid']} on {readers[0]['host']},"
+                        f" since {readers[0].get('since', '?')}): wait for it to end before replacing the data")
+
+
 def main(argv=None):
     args = PrepareConfig()
     parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
@@ -328,15 +347,20 @@ def main(argv=None):
     suffix = {"bytes": "", "gpt2": "_gpt2", "bpe": f"_bpe{args.vocab_size}"}[args.tokenizer]
     out_dir = os.path.join(args.data_dir, args.name or name + suffix)
     inputs = inputs_fingerprint(train_docs, val_docs, args)
-    if args.reuse and prepared_from(out_dir) == inputs:
-        print(f"reusing {out_dir}: prepared from the same text with the same options")
+    os.makedirs(args.data_dir, exist_ok=True)
+    lock = take_lock(data_lock(out_dir), out_dir)  # one writer per data folder
+    settle_replacement(out_dir, lambda folder: prepared_from(folder) is not None)
+    if prepared_from(out_dir) == inputs and not args.overwrite:
+        print(f"kept {out_dir}: already prepared from the same text with the same options")
+        release_lock(lock)
         return out_dir
+    check_replaceable(out_dir, args.overwrite)
     t0 = time.time()
-    meta = prepare(train_docs, val_docs, out_dir, args.tokenizer, source, args.max_train_tokens,
-                   args.vocab_size, documents, dict(extra, inputs_sha256=inputs))
-    if val_names is not None:  # which files are held out, for anyone who wants to check the split
-        with open(os.path.join(out_dir, "val_files.txt"), "w") as f:
-            f.write("\n".join(val_names) + "\n")
+    new = f"{out_dir}.new"  # written whole beside the old folder, then renamed into its place
+    meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
+                   args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
+    put_in_place(new, out_dir)
+    release_lock(lock)
     bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
           f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['n_vocab']}{bpe}; "

@@ -1,15 +1,10 @@
 """
 The machinery under a run, which a first reading may skip: the device and number format, DDP processes, RNG state,
-checkpoints (saved whole, loaded with checks), one writer per folder, and --resume's and --overwrite's rules.
-Shared by training, sampling and the experiment scripts.
+checkpoints (saved whole, loaded with checks) and --resume's rules. Shared by training, sampling and the
+experiment scripts.
 """
-import atexit
 import contextlib
-import json
 import os
-import shutil
-import socket
-import time
 
 import torch
 import torch.distributed as dist
@@ -247,110 +242,3 @@ def checkpoint_to_resume(config, given, kind):
     for k in given | {"resume", "overwrite", "out_dir"}:
         setattr(saved, k, getattr(config, k))
     return saved, ckpt
-
-
-# ----------------------------------------------------------------------------- one writer per folder
-
-LOCK_FILE = ".lock"
-
-
-def take_lock(folder):
-    """Make this process the one writer of folder: a lock file with its pid and host, created atomically, removed by
-    release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
-    a UserError that names it. The folder is created if need be."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, LOCK_FILE)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock_holder(path)
-            if holder is not None:
-                raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
-                                f"{holder.get('since', '?')}): wait for it to end, or stop it first")
-            print(f"note: {folder} was locked by a process that has ended: taking the lock over")
-            try:
-                os.remove(path)
-            except FileNotFoundError:  # another process took it over first: try again
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        atexit.register(release_lock, path)
-        return path
-
-
-def lock_holder(path):
-    """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
-    or it is this process's own (a run before, in the same Python), or it was left empty by a kill mid-write."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-        pid, host = int(holder["pid"]), holder["host"]
-    except (OSError, ValueError, KeyError, TypeError):
-        try:
-            return None if time.time() - os.path.getmtime(path) > 10 else {"pid": "?", "host": "?"}
-        except OSError:
-            return None
-    if host != socket.gethostname():
-        return holder  # another machine's process: it cannot be checked, so it is taken to be alive
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, someone else's
-        pass
-    return holder
-
-
-def release_lock(path):
-    """Remove a lock this process holds (nothing if it is gone or another process's)."""
-    try:
-        with open(path) as f:
-            if json.load(f).get("pid") != os.getpid():
-                return
-        os.remove(path)
-    except (OSError, ValueError):
-        pass
-
-
-# ----------------------------------------------------------------------------- a run's folder, all or nothing
-
-def claim_run_folder(out_dir, ckpt, overwrite):
-    """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
-    replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
-    (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
-    run is refused without --resume or --overwrite. Leftovers of an earlier replacement are settled first."""
-    new, old = f"{out_dir}.new", f"{out_dir}.old"
-    if not os.path.exists(out_dir) and os.path.isfile(os.path.join(new, "ckpt.pt")):
-        os.rename(new, out_dir)  # a replacement killed between its two renames: the new run had taken over
-    take_lock(out_dir)
-    for leftover in (new, old):  # a new run that never reached its first checkpoint, or an old one replaced
-        shutil.rmtree(leftover, ignore_errors=True)
-    holds_run = os.path.exists(os.path.join(out_dir, "ckpt.pt"))
-    if ckpt is None and holds_run and not overwrite:
-        release_lock(os.path.join(out_dir, LOCK_FILE))
-        raise UserError(f"{out_dir} already holds a run: continue it with --resume, start over with --overwrite, or "
-                        f"choose another --out_dir")
-    if ckpt is None and holds_run:
-        take_lock(new)
-        return new
-    if ckpt is None and os.path.exists(os.path.join(out_dir, "log.jsonl")):
-        print(f"{out_dir} holds no checkpoint (an earlier start stopped before its first one): starting afresh there")
-    return out_dir
-
-
-def put_in_place(run_dir, out_dir):
-    """After a checkpoint: a new run written beside the old one (--overwrite) becomes out_dir. The rename of the old
-    folder is the moment of the switch; claim_run_folder finishes a switch a kill interrupted. Returns out_dir."""
-    if run_dir == out_dir:
-        return out_dir
-    old = f"{out_dir}.old"
-    os.rename(out_dir, old)
-    os.rename(run_dir, out_dir)
-    atexit.register(release_lock, os.path.join(out_dir, LOCK_FILE))  # this process's lock moved with its folder
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import downstream
+import folders
 import runtime
 from cli import UserError, parse_args, run_cli
 from config import TrainConfig
@@ -181,7 +182,9 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
         else config.eval_interval
     header = {"kind": kind, "model_args": raw_model.model_args(), "config": dataclasses.asdict(config), "meta": meta}
     bits_per_byte = meta["tokenizer"] == "bytes" and meta.get("eot_id") is None
-    run_dir = runtime.claim_run_folder(config.out_dir, ckpt, config.overwrite) if master else None
+    if master:  # the first writes, once every check has passed: prepare_data.py leaves the data alone meanwhile
+        data_mark = folders.hold_data(os.path.join(config.data_dir, config.dataset))
+    run_dir = folders.claim_run_folder(config.out_dir, ckpt, config.overwrite) if master else None
     log_path = open_log(run_dir, ckpt) if master else None
     if master:
         print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
@@ -257,7 +260,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                     "best_val": state["best_val"], "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "state": dict(state, elapsed_before=elapsed), "rng": rngs, "dtype": str(dtype)[len("torch."):]})
                 best = None
-                run_dir = runtime.put_in_place(run_dir, config.out_dir)  # --overwrite's new run takes over here
+                run_dir = folders.run_in_place(run_dir, config.out_dir)  # --overwrite's new run takes over here
                 log_path = os.path.join(run_dir, "log.jsonl")
         if it >= total_iters or out_of_time:
             break
@@ -312,7 +315,8 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
               f"({runtime.fmt_time(time.time() - t_start)}); checkpoints in {config.out_dir}")
     runtime.end_processes(world_size)
     if master:
-        runtime.release_lock(os.path.join(run_dir, runtime.LOCK_FILE))
+        folders.release_lock(os.path.join(run_dir, folders.LOCK_FILE))
+        folders.release_lock(data_mark)
     return dict(state, iter=it, windows_seen=windows_seen)
 
 

@@ -44,7 +44,7 @@ DROPOUT=${DROPOUT:-0.1}
 TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --ckpt_interval=1000000000}
 
 "$PYTHON" prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
-    --name="python_bpe$VOCAB" --reuse
+    --name="python_bpe$VOCAB"
 left=$((BUDGET - ($(date +%s) - t0)))
 # shellcheck disable=SC2086  # TRAIN is a list of options
 "$PYTHON" experiments/sweep.py --unique_tokens="$U" --out="$OUT" --evals=20 --jobs="$JOBS" --measure_steps=10 \

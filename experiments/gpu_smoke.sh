@@ -35,7 +35,7 @@ expect() {  # expect NAME PATTERN: the check NAME's output holds PATTERN (grep -
 
 "$PYTHON" -c "import sys, torch; print('torch', torch.__version__, '| python', sys.version.split()[0], '|',
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-check data "$PYTHON" prepare_data.py --data_dir="$DATA_DIR" --reuse
+check data "$PYTHON" prepare_data.py --data_dir="$DATA_DIR"
 
 if [ "$GPUS" -gt 0 ]; then
     # bf16 autocast; on CUDA every step also goes through fused AdamW and pinned, non-blocking batches

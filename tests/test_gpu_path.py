@@ -1,12 +1,13 @@
 """The GPU path's defects, pinned on a CPU: what a resume keeps, the number format across devices, RNG state from a
 host with more GPUs, the backend for --device=cpu under torchrun, exact GPU names for MFU, and checkpoints written
 only where they are due (the best weights waiting in memory)."""
+import json
 import os
 
 import pytest
 import torch
 
-import runtime as checkpoint
+import runtime
 import data
 import trainer
 import train_ar
@@ -118,7 +119,7 @@ def test_gpu_peaks_by_exact_name_and_unknown_rather_than_wrong(name, peak, monke
 def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weights(data_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     saved, real_val = [], []
-    real_save = checkpoint.atomic_save
+    real_save = runtime.atomic_save
 
     def recording_save(obj, path):
         saved.append((os.path.basename(path), obj["iter"]))
@@ -128,14 +129,14 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
         nats, count = train_ar.validation_loss(model, windows, window_ids, config)
         real_val.append(nats / count)
         return nats + (10.0 * count if len(real_val) > 5 else 0.0), count  # evaluations 6.. (iter 25..) look bad
-    monkeypatch.setattr(checkpoint, "atomic_save", recording_save)
+    monkeypatch.setattr(runtime, "atomic_save", recording_save)
     trainer.run("ar", True, train_ar.training_loss, validation_worse_after_iteration_20,
                 tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
     assert [r["iter"] for r in read_log(out)][4] == 20 and real_val[4] < real_val[0]
     # a fresh run checkpoints at iteration 0 and then only at its end; best.pt goes with each checkpoint
     assert saved == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 20), ("ckpt.pt", 40)]
     best = load_checkpoint(out + "/best.pt")
-    model, config = checkpoint.model_from_checkpoint(best), trainer.TrainConfig(**best["config"])
+    model, config = runtime.model_from_checkpoint(best), trainer.TrainConfig(**best["config"])
     meta = data.load_meta(os.path.join(data_dir, "tiny"))
     val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
                               config.eval_windows)
@@ -186,22 +187,27 @@ def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path)
     assert "every check passed" not in result.stdout
 
 
-def test_prepare_reuses_a_folder_made_from_the_same_inputs_and_rewrites_one_that_is_not(tmp_path, capsys):
+def test_prepare_keeps_a_folder_made_from_the_same_inputs_and_replaces_another_only_with_overwrite(tmp_path, capsys):
     import prepare_data
-    args = [f"--data_dir={tmp_path}", "--tokenizer=bpe", "--vocab_size=300", "--reuse"]
+    args = [f"--data_dir={tmp_path}", "--tokenizer=bpe", "--vocab_size=300"]
     folder = prepare_data.main(args)
     stamp = os.path.getmtime(os.path.join(folder, "train.bin"))
     capsys.readouterr()
     assert prepare_data.main(args) == folder
-    assert "reusing" in capsys.readouterr().out and os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
-    with open(os.path.join(folder, "val.bin"), "ab") as f:  # a damaged folder is not reused
+    assert "kept" in capsys.readouterr().out and os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
+    other = args[:-1] + ["--vocab_size=290", f"--name={os.path.basename(folder)}"]
+    with pytest.raises(UserError, match="already holds data prepared from other text or options.*--overwrite"):
+        prepare_data.main(other)  # other options: refused, the folder untouched
+    assert os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
+    prepare_data.main(other + ["--overwrite"])
+    assert "wrote" in capsys.readouterr().out and json.load(open(os.path.join(folder, "meta.json")))["n_vocab"] == 290
+    with open(os.path.join(folder, "val.bin"), "ab") as f:  # a damaged folder is not kept
         f.write(b"\0\0")
-    prepare_data.main(args)
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_data.main(other)
+    prepare_data.main(other + ["--overwrite"])
     assert "wrote" in capsys.readouterr().out
-    prepare_data.main(args[:-2] + ["--vocab_size=290", "--reuse", f"--name={os.path.basename(folder)}"])
-    assert "wrote" in capsys.readouterr().out  # other options: prepared again
-    prepare_data.main(args[:-1])
-    assert "wrote" in capsys.readouterr().out  # without --reuse: always prepared again
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(folder)]  # no temporary folder, no lock left
 
 
 def test_training_steps_do_not_wait_for_the_device_between_logs(data_dir, tmp_path, monkeypatch):
@@ -239,14 +245,14 @@ def test_ctrl_c_is_one_line_and_exit_130_and_leaves_no_temporary_file(tmp_path, 
     assert stop.value.code == 130 and capsys.readouterr().err == "interrupted\n"
     # Ctrl-C in the middle of a save: the temporary file goes, the previous checkpoint stays
     path = str(tmp_path / "ckpt.pt")
-    checkpoint.atomic_save({"kind": "ar", "model": {"w": torch.ones(2)}}, path)
+    runtime.atomic_save({"kind": "ar", "model": {"w": torch.ones(2)}}, path)
 
     def save_then_interrupt(obj, f):
         open(f, "wb").write(b"half")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_save({"kind": "ar", "model": {"w": torch.zeros(2)}}, path)
+        runtime.atomic_save({"kind": "ar", "model": {"w": torch.zeros(2)}}, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["ckpt.pt"] and torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
 

@@ -1,0 +1,174 @@
+"""
+Folders that lose nothing: one writer per folder (a lock file with the writer's pid and host), and a folder
+replaced all or nothing (the new one is written whole beside it and renamed into its place). Training uses them
+for its run folder (--overwrite), prepare_data.py for data folders; a training run also marks its data folder as
+read, so that prepare_data.py does not replace the data under it.
+"""
+import atexit
+import json
+import os
+import shutil
+import socket
+import time
+
+from cli import UserError
+
+LOCK_FILE = ".lock"
+
+
+def take_lock(path, folder):
+    """Make this process the one writer of `folder`: the lock file `path`, with its pid and host, created atomically,
+    removed by release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a
+    live one is a UserError that names it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder is not None:
+                raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
+                                f"{holder.get('since', '?')}): wait for it to end, or stop it first")
+            print(f"note: {folder} was locked by a process that has ended: taking the lock over")
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process took it over first: try again
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(this_process(), f)
+        atexit.register(release_lock, path)
+        return path
+
+
+def this_process():
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def lock_holder(path):
+    """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
+    or it is this process's own (a run before, in the same Python), or it was left empty by a kill mid-write."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return None if time.time() - os.path.getmtime(path) > 10 else {"pid": "?", "host": "?"}
+        except OSError:
+            return None
+    if host != socket.gethostname():
+        return holder  # another machine's process: it cannot be checked, so it is taken to be alive
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, someone else's
+        pass
+    return holder
+
+
+def release_lock(path):
+    """Remove a lock this process holds (nothing if it is gone or another process's)."""
+    try:
+        with open(path) as f:
+            if json.load(f).get("pid") != os.getpid():
+                return
+        os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+# ----------------------------------------------------------------------------- replacing a folder whole
+
+def put_in_place(new, folder):
+    """Rename the whole folder `new` to `folder`, replacing what was there: the rename of the old folder aside is
+    the moment of the switch, and settle_replacement finishes a switch that a kill interrupted."""
+    if os.path.exists(folder):
+        os.rename(folder, f"{folder}.old")
+    os.rename(new, folder)
+    shutil.rmtree(f"{folder}.old", ignore_errors=True)
+
+
+def settle_replacement(folder, is_whole):
+    """Finish or undo a replacement that a kill interrupted (the caller holds the folder's lock): a whole new folder
+    (is_whole(path)) whose old one was already moved aside takes its place; a partial new one, and an old one moved
+    aside, are removed."""
+    new, old = f"{folder}.new", f"{folder}.old"
+    if not os.path.exists(folder) and os.path.isdir(new) and is_whole(new):
+        os.rename(new, folder)
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- a run's folder
+
+def run_is_whole(folder):
+    return os.path.isfile(os.path.join(folder, "ckpt.pt"))
+
+
+def claim_run_folder(out_dir, ckpt, overwrite):
+    """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
+    replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
+    (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
+    run is refused without --resume or --overwrite."""
+    if not os.path.exists(out_dir) and run_is_whole(f"{out_dir}.new"):
+        os.rename(f"{out_dir}.new", out_dir)  # a replacement killed between its two renames: finish it
+    os.makedirs(out_dir, exist_ok=True)
+    take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
+    settle_replacement(out_dir, run_is_whole)
+    holds_run = run_is_whole(out_dir)
+    if ckpt is None and holds_run and not overwrite:
+        release_lock(os.path.join(out_dir, LOCK_FILE))
+        raise UserError(f"{out_dir} already holds a run: continue it with --resume, start over with --overwrite, or "
+                        f"choose another --out_dir")
+    if ckpt is None and holds_run:
+        new = f"{out_dir}.new"
+        os.makedirs(new)
+        take_lock(os.path.join(new, LOCK_FILE), out_dir)
+        return new
+    if ckpt is None and os.path.exists(os.path.join(out_dir, "log.jsonl")):
+        print(f"{out_dir} holds no checkpoint (an earlier start stopped before its first one): starting afresh there")
+    return out_dir
+
+
+def run_in_place(run_dir, out_dir):
+    """After a checkpoint: a run written beside the old one (--overwrite) becomes out_dir. Returns out_dir."""
+    if run_dir != out_dir:
+        put_in_place(run_dir, out_dir)
+        atexit.register(release_lock, os.path.join(out_dir, LOCK_FILE))  # this process's lock moved with its folder
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- a data folder
+
+def data_lock(data_dir):
+    """The lock file of a data folder: beside it, since prepare_data.py replaces the folder whole."""
+    return f"{data_dir.rstrip(os.sep)}.lock"
+
+
+def hold_data(data_dir):
+    """Mark data_dir as read by this live process (a file in data_dir/.readers, removed at exit), so that
+    prepare_data.py does not replace it under a run; refuse data that prepare_data.py is writing now. A read-only
+    folder is not marked. Returns the mark's path, for release_lock."""
+    holder = lock_holder(data_lock(data_dir)) if os.path.exists(data_lock(data_dir)) else None
+    if holder is not None:
+        raise UserError(f"{data_dir} is being prepared by process {holder['pid']} on {holder['host']}: wait for "
+                        f"it to end")
+    path = os.path.join(data_dir, ".readers", f"{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(this_process(), f)
+    except OSError:
+        return path
+    atexit.register(release_lock, path)
+    return path
+
+
+def data_readers(data_dir):
+    """The live processes that hold data_dir (hold_data), as {pid, host, since}."""
+    folder = os.path.join(data_dir, ".readers")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [holder for holder in (lock_holder(os.path.join(folder, name)) for name in names) if holder is not None]
