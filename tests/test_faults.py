@@ -6,8 +6,8 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,49 +16,60 @@ import pytest
 import torch
 
 import prepare_data
-from conftest import ROOT, tiny_args, tiny_text
+from conftest import ROOT, tiny_args
 from data import load_meta, load_tokens
 from runtime import load_checkpoint
 from test_training import read_log, train
 
 FORK = multiprocessing.get_context("fork")
-RUN = ["--max_iters=60", "--eval_interval=10"]  # a checkpoint at every evaluation
+RUN = ["--max_iters=100", "--eval_interval=10"]  # a checkpoint at every evaluation
 
 
-def killed(fn, delay):
-    """Run fn() in a forked child and SIGKILL it after `delay` seconds; False if it ended by itself first (then it
-    must have succeeded)."""
+def killed(fn, delay, after=None):
+    """Run fn() in a forked child and SIGKILL it after `delay` seconds (counted from when the path `after` appears,
+    if given); False if it ended by itself first (then it must have succeeded)."""
+    errors, report = FORK.Pipe(duplex=False)
+
     def child():
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
         torch.set_num_threads(1)
         try:
             fn()
-        except BaseException:
+        except BaseException as e:
+            report.send(f"{type(e).__name__}: {e}")
             os._exit(1)
         os._exit(0)
     process = FORK.Process(target=child)
     process.start()
+    while after and not os.path.exists(after) and process.is_alive():
+        time.sleep(0.0005)
     process.join(delay)
     if process.is_alive():
         os.kill(process.pid, signal.SIGKILL)
         process.join()
         return True
-    assert process.exitcode == 0
+    assert process.exitcode == 0, errors.recv() if errors.poll() else process.exitcode
     return False
 
 
 def whole_run(out, reference):
-    """Whether out holds a whole run of `reference` (an uninterrupted run's log): its checkpoints load with finite
-    weights, and its log, but a line torn by the kill, is the start of the reference's, up to the checkpoint at
-    least. None when out holds no checkpoint yet."""
+    """Whether out holds a whole run of `reference` (an uninterrupted run's log; another seed's run is not): ckpt.pt loads with finite weights;
+    the log, but a line torn by the kill, is the start of the reference's, up to the checkpoint at least; best.pt is
+    the reference's best evaluation. The log and best.pt may hold the evaluation ckpt.pt was about to save: a
+    resumed run redoes it, identically. None when out holds no checkpoint yet."""
     if not os.path.exists(os.path.join(out, "ckpt.pt")):
         return None
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    if ckpt["state"]["best_val"] != min(r["val_loss"] for r in reference if r["iter"] <= ckpt["iter"]):
+        return False  # another run's checkpoint
     if os.path.exists(os.path.join(out, "best.pt")):
-        assert load_checkpoint(os.path.join(out, "best.pt"))["iter"] <= ckpt["iter"]
+        best = load_checkpoint(os.path.join(out, "best.pt"))
+        assert best["iter"] <= ckpt["iter"] + 10
+        assert [r["val_loss"] for r in reference if r["iter"] == best["iter"]] == [best["best_val"]]
     with open(os.path.join(out, "log.jsonl")) as f:
         lines = f.read().split("\n")
     log = []
@@ -67,101 +78,124 @@ def whole_run(out, reference):
             log.append({k: v for k, v in json.loads(line).items() if k != "elapsed_s"})
         except ValueError:
             break
-    assert [r["iter"] for r in log if r["iter"] <= ckpt["iter"]][-1] == ckpt["iter"]
+    assert len(log) >= sum(r["iter"] <= ckpt["iter"] for r in reference)  # every evaluation up to the checkpoint
     return log == reference[:len(log)]
 
 
 @pytest.fixture
 def reference(data_dir, tmp_path):
-    """The uninterrupted logs of two runs in one folder's place: seed 1337 (the old run) and seed 7 (the new)."""
-    logs = {}
+    """Two finished runs and their logs: seed 1337 (an old run) and seed 7 (the new run that replaces it)."""
+    runs = {}
     for seed in (1337, 7):
         out = str(tmp_path / f"reference_{seed}")
         train("ar", data_dir, out, *RUN, f"--seed={seed}")
-        logs[seed] = read_log(out)
-    return logs
+        runs[seed] = (out, read_log(out))
+    return runs
 
 
 def test_kills_during_training_and_resume_leave_a_run_that_ends_as_the_uninterrupted_one(data_dir, tmp_path,
                                                                                             reference):
-    rng, out, kills = random.Random(19), str(tmp_path / "run"), 0
-    while True:
-        resume = ["--resume"] if os.path.exists(os.path.join(out, "ckpt.pt")) else []
-        if not killed(lambda: train("ar", data_dir, out, *RUN, *resume), rng.uniform(0.05, 0.5)):
-            break
-        kills += 1
-        assert whole_run(out, reference[1337]) in (True, None)  # None: killed before its first checkpoint
-    assert kills >= 10 and read_log(out) == reference[1337]
+    """Each kind in turn: AR as above; diffusion with dropout, the multiple-choice test and checkpoints between
+    evaluations. A run killed again and again ends with the uninterrupted run's log and weights, to the last digit."""
+    diffusion = ["--dropout=0.1", "--elbo_samples=4", "--mc_items=20", "--ckpt_interval=7"]
+    out = str(tmp_path / "diffusion_reference")
+    train("diffusion", data_dir, out, *RUN, *diffusion)
+    references = {"ar": (reference[1337][0], []), "diffusion": (out, diffusion)}
+    rng, kills, chain = random.Random(19), 0, 0
+    while kills < 12:
+        kind = ("ar", "diffusion")[chain % 2]
+        (reference_run, options), chain = references[kind], chain + 1
+        out, log = str(tmp_path / f"run{chain}"), read_log(reference_run)
+        while True:  # a fresh run, then --resume after every kill, until it ends by itself
+            resume = ["--resume"] if os.path.exists(os.path.join(out, "ckpt.pt")) else []
+            if not killed(lambda: train(kind, data_dir, out, *RUN, *options, *resume), rng.uniform(0.02, 0.3)):
+                break
+            kills += 1
+            assert whole_run(out, log) in (True, None)  # None: killed before its first checkpoint
+        assert read_log(out) == log  # every loss to the last digit, as if never killed
+        a, b = load_checkpoint(out + "/ckpt.pt")["model"], load_checkpoint(reference_run + "/ckpt.pt")["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a) and not os.path.exists(os.path.join(out, ".lock"))
+    assert chain >= 2  # both kinds
 
 
 def test_kills_during_overwrite_leave_the_old_run_whole_or_the_new_one_started(data_dir, tmp_path, reference):
-    rng, out, kills, saw = random.Random(20), str(tmp_path / "run"), 0, set()
-    train("ar", data_dir, out, *RUN)  # the old run, finished
-    while True:
-        new_started = whole_run(out, reference[7])
-        command = ["--resume"] if new_started else [*RUN, "--seed=7", "--overwrite"]
-        if not killed(lambda: train("ar", data_dir, out, *command), rng.uniform(0.05, 0.4)):
-            break
-        kills += 1
-        if not os.path.exists(out):  # killed between the two renames of the switch: the new run is whole beside
-            assert whole_run(out + ".new", reference[7])
-            saw.add("between")
-            continue
-        old, new = whole_run(out, reference[1337]), whole_run(out, reference[7])
-        assert old or new, "neither the old run whole nor the new one started"
-        saw.add("old" if old else "new")
-    assert kills >= 8 and saw >= {"old", "new"} and read_log(out) == reference[7]
-    assert not os.path.exists(out + ".new") and not os.path.exists(out + ".old")
+    rng, seen = random.Random(20), set()
+    (old_run, old_log), (_, new_log) = reference[1337], reference[7]
+
+    def command(out):
+        return ["--resume"] if whole_run(out, new_log) else [*RUN, "--seed=7", "--overwrite"]
+
+    for chain in range(5):  # 10 kill points
+        out = str(tmp_path / f"run{chain}")
+        shutil.copytree(old_run, out)
+        # the first kill falls while the new run makes its first evaluation and checkpoint beside the old run (a few
+        # ms), the second one later: --overwrite again if the old run is still there, else --resume
+        for delay, after in ((rng.uniform(0.0, 0.008), out + ".new"), (rng.uniform(0.02, 0.3), None)):
+            if not killed(lambda: train("ar", data_dir, out, *command(out)), delay, after):
+                continue
+            if not os.path.exists(out):  # killed between the switch's two renames: the new run is whole beside it
+                assert whole_run(out + ".new", new_log)
+                seen.add("between")
+                continue
+            old, new = whole_run(out, old_log), whole_run(out, new_log)
+            assert old or new, "neither the old run whole nor the new one started"
+            seen.add("old" if old else "new")
+        train("ar", data_dir, out, *command(out))  # the next command works
+        assert read_log(out) == new_log
+        assert not os.path.exists(out + ".new") and not os.path.exists(out + ".old")
+    assert seen >= {"old", "new"}
 
 
 def test_kills_during_prepare_data_leave_the_old_data_whole_or_the_new_data_whole(tmp_path):
     rng, kills, seen = random.Random(21), 0, set()
-    data_dir = str(tmp_path / "data")
-    for name, words in (("old.txt", 2000), ("new.txt", 60000)):
-        (tmp_path / name).write_text(tiny_text(n_words=words, seed=words))
-    args = [f"--data_dir={data_dir}", "--name=corpus", "--tokenizer=bpe", "--vocab_size=400"]
-    folder = prepare_data.main(args + [f"--input={tmp_path / 'old.txt'}"])
-    sizes = {"old": load_meta(folder)["train_tokens"]}
+    old_args = [f"--data_dir={tmp_path / 'old'}", "--name=corpus"]  # the default corpus in bytes
+    new_args = [f"--data_dir={tmp_path / 'data'}", "--name=corpus", "--tokenizer=bpe", "--vocab_size=512"]
+    old = prepare_data.main(old_args)
+    folder = os.path.join(tmp_path, "data", "corpus")
+    tokenizers = {"bytes": "old", "bpe": "new"}
 
     def state():
         meta = load_meta(folder)
         for split in ("train", "val"):
-            assert len(load_tokens(folder, split, meta)) == meta[f"{split}_tokens"]
-        assert np.max(load_tokens(folder, "train", meta)) < meta["n_vocab"]
-        return "old" if meta["train_tokens"] == sizes["old"] else "new"
+            tokens = load_tokens(folder, split, meta)
+            assert len(tokens) == meta[f"{split}_tokens"] and np.max(tokens) < meta["n_vocab"]
+        return tokenizers[meta["tokenizer"]]
 
-    while True:
-        if not killed(lambda: prepare_data.main(args + [f"--input={tmp_path / 'new.txt'}", "--overwrite"]),
-                      rng.uniform(0.02, 0.6)):
-            break
-        kills += 1
-        seen.add(state() if os.path.exists(folder) else "between")
-        if seen >= {"new"}:  # the new data is in place: the next command keeps it
-            break
-    assert kills >= 6 and state() == "new" and seen >= {"old", "new"}
-    prepare_data.main(args + [f"--input={tmp_path / 'new.txt'}"])  # the next command works: keeps the folder
-    assert sorted(os.listdir(data_dir)) == ["corpus"]
+    while kills < 8:
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
+        shutil.copytree(old, folder)
+        while killed(lambda: prepare_data.main(new_args + ["--overwrite"]), rng.uniform(0.01, 0.6)):
+            kills += 1
+            seen.add(state() if os.path.exists(folder) else "between")
+        assert state() == "new" and sorted(os.listdir(tmp_path / "data")) == ["corpus"]
+    assert "old" in seen  # the new data comes whole or not at all; the switch itself is too short to hit
 
 
 def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(data_dir, tmp_path):
+    """`kill` (SIGTERM) of a sweep while a run trains: the sweep stops its runs, which keep their last checkpoint,
+    and exits 130; the same command then resumes and finishes them."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import sweep
+    from cli import run_cli
     out = str(tmp_path / "sweep")
-    command = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), "--unique_tokens=2000",
-               "--ar_epochs=40", "--diffusion_epochs=40", f"--out={out}", "--jobs=2", "--evals=4", "--",
-               *tiny_args(data_dir, "")[:-1]]
-    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["--unique_tokens=2000", "--ar_epochs=10", "--diffusion_epochs=", f"--out={out}", "--evals=2", "--",
+            *tiny_args(data_dir, "")[:-1]]
+
+    def stoppable_sweep():
+        signal.signal(signal.SIGTERM, sweep.stop_on_sigterm)  # as when run as a script
+        run_cli(lambda: sweep.main(args))
+    process = FORK.Process(target=stoppable_sweep)
+    process.start()
+    ckpt = os.path.join(out, "ar_e10", "ckpt.pt")
     deadline = time.time() + 60
-    while time.time() < deadline and not any(os.path.exists(os.path.join(out, run, "ckpt.pt"))
-                                             for run in (os.listdir(out) if os.path.isdir(out) else [])):
-        time.sleep(0.05)
-    sweep.send_signal(signal.SIGTERM)  # what `kill` sends: the sweep stops its runs, which checkpoint
-    sweep.communicate(timeout=60)
-    assert sweep.returncode == 130
-    runs = [os.path.join(out, run) for run in os.listdir(out) if os.path.isdir(os.path.join(out, run))]
-    for run in runs:
-        assert not os.path.exists(os.path.join(run, ".lock"))  # no training process left running
-        if os.path.exists(os.path.join(run, "ckpt.pt")):
-            load_checkpoint(os.path.join(run, "ckpt.pt"))
-    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stdout[-800:] + again.stderr[-800:]
-    for run in runs:
-        assert read_log(run)[-1]["done"]
+    while time.time() < deadline and not os.path.exists(ckpt):
+        time.sleep(0.01)
+    process.terminate()  # SIGTERM
+    process.join(60)
+    assert process.exitcode == 130
+    assert not os.path.exists(os.path.join(out, "ar_e10", ".lock"))  # no training process left running
+    assert not read_log(os.path.join(out, "ar_e10"))[-1]["done"] and load_checkpoint(ckpt)["iter"] < 78
+    rows = sweep.main(args)
+    log = read_log(os.path.join(out, "ar_e10"))
+    iters = [r["iter"] for r in log]
+    assert rows[0]["run"].endswith("ar_e10") and log[-1]["done"] and iters == sorted(set(iters))
