@@ -17,27 +17,32 @@ LOCK_FILE = ".lock"
 
 
 def take_lock(path, folder):
-    """Make this process the one writer of `folder`: the lock file `path`, with its pid and host, created atomically,
-    removed by release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a
-    live one is a UserError that names it."""
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock_holder(path)
-            if holder is not None:
-                raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
-                                f"{holder.get('since', '?')}): wait for it to end, or stop it first")
-            print(f"note: {folder} was locked by a process that has ended: taking the lock over")
+    """Make this process the one writer of `folder`: the lock file `path`, with its pid and host, created atomically
+    and whole (written under a temporary name, then hard-linked to `path`, which fails if it exists), removed by
+    release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
+    a UserError that names it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(this_process(), f)
+    try:
+        while True:
             try:
-                os.remove(path)
-            except FileNotFoundError:  # another process took it over first: try again
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(this_process(), f)
-        atexit.register(release_lock, path)
-        return path
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                holder = lock_holder(path)
+                if holder is not None:
+                    raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
+                                    f"{holder.get('since', '?')}): wait for it to end, or stop it first") from None
+                print(f"note: {folder} was locked by a process that has ended: taking the lock over")
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another process took it over first: try again
+                    pass
+    finally:
+        os.remove(tmp)
+    atexit.register(release_lock, path)
+    return path
 
 
 def this_process():
@@ -46,16 +51,14 @@ def this_process():
 
 def lock_holder(path):
     """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
-    or it is this process's own (a run before, in the same Python), or it was left empty by a kill mid-write."""
+    or it is this process's own (a run before, in the same Python), or it is not a lock this project wrote (locks
+    are created whole)."""
     try:
         with open(path) as f:
             holder = json.load(f)
         pid, host = int(holder["pid"]), holder["host"]
     except (OSError, ValueError, KeyError, TypeError):
-        try:
-            return None if time.time() - os.path.getmtime(path) > 10 else {"pid": "?", "host": "?"}
-        except OSError:
-            return None
+        return None
     if host != socket.gethostname():
         return holder  # another machine's process: it cannot be checked, so it is taken to be alive
     if pid == os.getpid():
