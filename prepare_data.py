@@ -349,18 +349,19 @@ def main(argv=None):
     inputs = inputs_fingerprint(train_docs, val_docs, args)
     os.makedirs(args.data_dir, exist_ok=True)
     lock = take_lock(data_lock(out_dir), out_dir)  # one writer per data folder
-    settle_replacement(out_dir, lambda folder: prepared_from(folder) is not None)
-    if prepared_from(out_dir) == inputs and not args.overwrite:
-        print(f"kept {out_dir}: already prepared from the same text with the same options")
+    try:
+        settle_replacement(out_dir, lambda folder: prepared_from(folder) is not None)
+        if prepared_from(out_dir) == inputs and not args.overwrite:
+            print(f"kept {out_dir}: already prepared from the same text with the same options")
+            return out_dir
+        check_replaceable(out_dir, args.overwrite)
+        t0 = time.time()
+        new = f"{out_dir}.new"  # written whole beside the old folder, then renamed into its place
+        meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
+                       args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
+        put_in_place(new, out_dir)
+    finally:
         release_lock(lock)
-        return out_dir
-    check_replaceable(out_dir, args.overwrite)
-    t0 = time.time()
-    new = f"{out_dir}.new"  # written whole beside the old folder, then renamed into its place
-    meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
-                   args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
-    put_in_place(new, out_dir)
-    release_lock(lock)
     bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
           f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['n_vocab']}{bpe}; "

@@ -8,6 +8,8 @@ import os
 import random
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 import prepare_data
+from cli import UserError
 from conftest import ROOT, tiny_args
 from data import load_meta, load_tokens
 from runtime import load_checkpoint
@@ -56,10 +59,10 @@ def killed(fn, delay, after=None):
 
 
 def whole_run(out, reference):
-    """Whether out holds a whole run of `reference` (an uninterrupted run's log; another seed's run is not): ckpt.pt loads with finite weights;
-    the log, but a line torn by the kill, is the start of the reference's, up to the checkpoint at least; best.pt is
-    the reference's best evaluation. The log and best.pt may hold the evaluation ckpt.pt was about to save: a
-    resumed run redoes it, identically. None when out holds no checkpoint yet."""
+    """Whether out holds a whole run of `reference` (an uninterrupted run's log; another run's checkpoint is not):
+    ckpt.pt loads with finite weights; the log, but a line torn by the kill, is the start of the reference's, up to
+    the checkpoint at least; best.pt is the reference's best evaluation. The log and best.pt may hold the evaluation
+    ckpt.pt was about to save: a resumed run redoes it, identically. None when out holds no checkpoint yet."""
     if not os.path.exists(os.path.join(out, "ckpt.pt")):
         return None
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
@@ -202,3 +205,78 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
     log = read_log(os.path.join(out, "ar_e10"))
     iters = [r["iter"] for r in log]
     assert rows[0]["run"].endswith("ar_e10") and log[-1]["done"] and iters == sorted(set(iters))
+
+
+# ----------------------------------------------------------------------------- one writer, and the data under a run
+
+@pytest.fixture
+def live_pid():
+    """The pid of a live process that is not this one."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def lock_of(pid):
+    return json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"})
+
+
+def test_data_is_prepared_by_one_writer_and_never_replaced_under_a_live_run(data_dir, tmp_path, live_pid):
+    folder = os.path.join(data_dir, "tiny")
+    args = [f"--data_dir={data_dir}", "--name=tiny", "--overwrite"]
+    before = {name: os.path.getmtime(os.path.join(folder, name)) for name in os.listdir(folder)}
+    with open(folder + ".lock", "w") as f:  # a second prepare_data.py at work on the folder
+        f.write(lock_of(live_pid))
+    with pytest.raises(UserError, match=f"tiny is in use by process {live_pid} on "):
+        prepare_data.main(args)
+    with pytest.raises(UserError, match=f"tiny is being prepared by process {live_pid} on .*wait"):
+        train("ar", data_dir, str(tmp_path / "run"), "--max_iters=2")  # and no run starts on it meanwhile
+    os.remove(folder + ".lock")
+    os.makedirs(os.path.join(folder, ".readers"))
+    with open(os.path.join(folder, ".readers", "a-run"), "w") as f:  # a live training run reads the folder
+        f.write(lock_of(live_pid))
+    with pytest.raises(UserError, match=f"tiny is read by a training run \\(process {live_pid} on .*wait for it"):
+        prepare_data.main(args)
+    assert {name: os.path.getmtime(os.path.join(folder, name)) for name in before} == before  # untouched
+    assert not os.path.exists(folder + ".new") and not os.path.exists(folder + ".lock")
+    with open(os.path.join(folder, ".readers", "a-run"), "w") as f:  # the run has ended: its mark is stale
+        f.write(lock_of(999_999_999))
+    train("ar", data_dir, str(tmp_path / "run"), "--max_iters=2")  # a run marks the data only while it lives
+    assert os.listdir(os.path.join(folder, ".readers")) == ["a-run"]
+    with pytest.raises(UserError, match="already holds data prepared from other text"):
+        prepare_data.main(args[:-1])  # other text, no --overwrite: refused
+    prepare_data.main(args)
+    assert sorted(os.listdir(data_dir)) == ["tiny"] and not os.path.exists(os.path.join(folder, ".readers"))
+
+
+def test_options_this_version_retired_load_at_the_value_it_keeps_and_are_refused_otherwise(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10", "--stop_after_s=0.0001")
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    ckpt["config"].update(random_offsets=False, mc_context=0, mc_continuation=0)  # as an older version saved it
+    torch.save(ckpt, out + "/ckpt.pt")
+    train("ar", data_dir, out, "--resume", "--stop_after_s=0")
+    assert read_log(out)[-1]["iter"] == 20
+    ckpt = load_checkpoint(out + "/ckpt.pt")
+    ckpt["config"]["random_offsets"] = True  # a setting this version cannot continue
+    torch.save(ckpt, out + "/ckpt.pt")
+    with pytest.raises(UserError, match="another version of this project \\(options random_offsets"):
+        train("ar", data_dir, out, "--resume")
+
+
+def test_a_diverging_run_never_saves_non_finite_weights_and_its_last_good_checkpoint_samples(data_dir, tmp_path):
+    """An absurd learning rate: the weights overflow after one step while that step's loss was still finite, so the
+    check before each save must look at the weights too."""
+    import sample
+    out = str(tmp_path / "run")
+    diverging = ["--lr=1e30", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
+    with pytest.raises(UserError, match="not finite: stopped; the last good checkpoint in .* is kept"):
+        train("ar", data_dir, out, *diverging)
+    for name in ("ckpt.pt", "best.pt"):
+        ckpt = load_checkpoint(os.path.join(out, name))
+        assert ckpt["iter"] <= 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    with pytest.raises(UserError, match="not finite"):
+        train("ar", data_dir, out, *diverging, "--resume")  # it diverges again: one line, the checkpoint kept
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"] <= 1
+    sample.main([f"--ckpt={out}", "--max_new_tokens=8", "--num_samples=1"])  # the kept weights sample
