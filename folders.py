@@ -111,13 +111,19 @@ def run_is_whole(folder):
     return os.path.isfile(os.path.join(folder, "ckpt.pt"))
 
 
+def finish_switch(out_dir):
+    """A replacement killed between its two renames left out_dir missing and the whole new run beside it: put it in
+    place (the switch had happened: the old run was already moved aside)."""
+    if not os.path.exists(out_dir) and run_is_whole(f"{out_dir}.new"):
+        os.rename(f"{out_dir}.new", out_dir)
+
+
 def claim_run_folder(out_dir, ckpt, overwrite):
     """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
     replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
     (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
     run is refused without --resume or --overwrite."""
-    if not os.path.exists(out_dir) and run_is_whole(f"{out_dir}.new"):
-        os.rename(f"{out_dir}.new", out_dir)  # a replacement killed between its two renames: finish it
+    finish_switch(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
     settle_replacement(out_dir, run_is_whole)

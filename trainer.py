@@ -63,6 +63,7 @@ def configure(kind, argv):
     config = TrainConfig()
     given = parse_args(argv, config, doc=sys.modules["__main__"].__doc__)
     config.out_dir = config.out_dir or os.path.join("out", kind)
+    folders.finish_switch(config.out_dir)  # before anything reads the folder
     ckpt = None
     if config.resume:
         config, ckpt = runtime.checkpoint_to_resume(config, given, kind)
