@@ -185,7 +185,8 @@ def test_kills_during_prepare_data_leave_the_old_data_whole_or_the_new_data_whol
 
 def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(data_dir, tmp_path):
     """`kill` (SIGTERM) of a sweep while a run trains: the sweep stops its runs, which keep their last checkpoint,
-    and exits 130; the same command then resumes and finishes them."""
+    and exits 130; the same command then resumes them, stops again at --time_budget_s, and finishes them without
+    it."""
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sweep
     from cli import run_cli
@@ -207,10 +208,15 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
     assert process.exitcode == 130
     assert not os.path.exists(os.path.join(out, "ar_e10", ".lock"))  # no training process left running
     assert not read_log(os.path.join(out, "ar_e10"))[-1]["done"] and load_checkpoint(ckpt)["iter"] < 78
-    rows = sweep.main(args)
+    # the same command with a time budget: the run resumes, stops at the budget with a checkpoint, and says so
+    assert sweep.main(args[:4] + ["--time_budget_s=0.01"] + args[4:]) is None
+    stopped = load_checkpoint(ckpt)["iter"]
+    assert stopped < 78 and not read_log(os.path.join(out, "ar_e10"))[-1]["done"]
+    rows = sweep.main(args)  # and without one it finishes the run
     log = read_log(os.path.join(out, "ar_e10"))
     iters = [r["iter"] for r in log]
     assert rows[0]["run"].endswith("ar_e10") and log[-1]["done"] and iters == sorted(set(iters))
+    assert iters[-1] == 78 and rows[0]["epochs"] == pytest.approx(78 * 8 / ((2000 - 1) // 32), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- one writer, and the data under a run
