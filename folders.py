@@ -87,21 +87,29 @@ def release_lock(path):
 
 def put_in_place(new, folder):
     """Rename the whole folder `new` to `folder`, replacing what was there: the rename of the old folder aside is
-    the moment of the switch, and settle_replacement finishes a switch that a kill interrupted."""
+    the moment of the switch, and finish_switch completes one that a kill interrupted."""
     if os.path.exists(folder):
         os.rename(folder, f"{folder}.old")
     os.rename(new, folder)
     shutil.rmtree(f"{folder}.old", ignore_errors=True)
 
 
-def settle_replacement(folder, is_whole):
-    """Finish or undo a replacement that a kill interrupted (the caller holds the folder's lock): a whole new folder
-    (is_whole(path)) whose old one was already moved aside takes its place; a partial new one, and an old one moved
-    aside, are removed."""
-    new, old = f"{folder}.new", f"{folder}.old"
-    if not os.path.exists(folder) and os.path.isdir(new) and is_whole(new):
-        os.rename(new, folder)
-    for leftover in (new, old):
+def finish_switch(folder, is_whole):
+    """A replacement killed between its two renames left `folder` missing and the whole new one (is_whole(path))
+    beside it: put it in place, since the switch had happened (the old folder was already moved aside). Another
+    process (a DDP rank) finishing it at the same moment is fine."""
+    if not os.path.exists(folder) and os.path.isdir(f"{folder}.new") and is_whole(f"{folder}.new"):
+        try:
+            os.rename(f"{folder}.new", folder)
+        except OSError:
+            if not os.path.exists(folder):
+                raise
+
+
+def settle_replacement(folder):
+    """Remove what an interrupted replacement left beside `folder` (the caller holds its lock, after finish_switch):
+    a new folder that never took its place, and an old one moved aside."""
+    for leftover in (f"{folder}.new", f"{folder}.old"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -111,22 +119,14 @@ def run_is_whole(folder):
     return os.path.isfile(os.path.join(folder, "ckpt.pt"))
 
 
-def finish_switch(out_dir):
-    """A replacement killed between its two renames left out_dir missing and the whole new run beside it: put it in
-    place (the switch had happened: the old run was already moved aside)."""
-    if not os.path.exists(out_dir) and run_is_whole(f"{out_dir}.new"):
-        os.rename(f"{out_dir}.new", out_dir)
-
-
 def claim_run_folder(out_dir, ckpt, overwrite):
     """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
     replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
     (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
-    run is refused without --resume or --overwrite."""
-    finish_switch(out_dir)
+    run is refused without --resume or --overwrite. (trainer.configure has already run finish_switch.)"""
     os.makedirs(out_dir, exist_ok=True)
     take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
-    settle_replacement(out_dir, run_is_whole)
+    settle_replacement(out_dir)
     holds_run = run_is_whole(out_dir)
     if ckpt is None and holds_run and not overwrite:
         release_lock(os.path.join(out_dir, LOCK_FILE))

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cli import UserError, option, parse_args, run_cli
-from folders import data_lock, data_readers, put_in_place, release_lock, settle_replacement, take_lock
+from folders import (data_lock, data_readers, finish_switch, put_in_place, release_lock, settle_replacement,
+                     take_lock)
 from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
 
 
@@ -350,7 +351,8 @@ def main(argv=None):
     os.makedirs(args.data_dir, exist_ok=True)
     lock = take_lock(data_lock(out_dir), out_dir)  # one writer per data folder
     try:
-        settle_replacement(out_dir, lambda folder: prepared_from(folder) is not None)
+        finish_switch(out_dir, lambda folder: prepared_from(folder) is not None)
+        settle_replacement(out_dir)
         if prepared_from(out_dir) == inputs and not args.overwrite:
             print(f"kept {out_dir}: already prepared from the same text with the same options")
             return out_dir

@@ -63,7 +63,7 @@ def configure(kind, argv):
     config = TrainConfig()
     given = parse_args(argv, config, doc=sys.modules["__main__"].__doc__)
     config.out_dir = config.out_dir or os.path.join("out", kind)
-    folders.finish_switch(config.out_dir)  # before anything reads the folder
+    folders.finish_switch(config.out_dir, folders.run_is_whole)  # before anything reads the folder
     ckpt = None
     if config.resume:
         config, ckpt = runtime.checkpoint_to_resume(config, given, kind)
@@ -144,7 +144,8 @@ def check_finite(first_nonfinite_iter, model, out_dir):
     """Stop (UserError) before a log or a save if a training loss so far, or a weight, is NaN or infinite: nothing
     non-finite reaches a file. A sync with the device, so only at logs and saves."""
     bad = int(first_nonfinite_iter)
-    if bad >= 0 or not all(torch.isfinite(p).all() for p in model.parameters()):
+    weights_finite = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())  # one sync
+    if bad >= 0 or not weights_finite:
         where = f"loss is not finite at iteration {bad}" if bad >= 0 else "the weights are not finite"
         raise UserError(f"{where}: stopped; the last good checkpoint in {out_dir} is kept (try a lower --lr)")
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shape import ModelShape, random_model  # noqa: E402
 from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import pick_device, pick_dtype  # noqa: E402
+from runtime import mixed_precision, pick_device, pick_dtype  # noqa: E402
 
 
 @dataclass
@@ -39,7 +39,6 @@ class MemoryConfig(ModelShape):
 
 def one_step_peak(config, kind, batch):
     """Peak bytes of one training step at `batch` windows (run in a child process)."""
-    import contextlib
     import train_ar
     import train_diffusion
     from trainer import step_generator
@@ -48,7 +47,7 @@ def one_step_peak(config, kind, batch):
     dtype = pick_dtype(config.dtype, device)
     model = random_model(config, script.CAUSAL, device)
     windows = torch.randint(0, config.n_vocab, (batch, config.block_size + 1), device=device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    autocast, _ = mixed_precision(device, dtype)  # as training runs it
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with autocast:

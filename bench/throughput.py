@@ -7,7 +7,6 @@ Training throughput of both scripts' steps (forward, loss, backward, AdamW) at a
 
 Prints tokens/s per kind (and MFU on GPUs of known peak). Timing excludes `warmup` steps (compilation).
 """
-import contextlib
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
 from cli import option, parse_args, run_cli  # noqa: E402
-from runtime import peak_flops, pick_device, pick_dtype  # noqa: E402
+from runtime import mixed_precision, peak_flops, pick_device, pick_dtype  # noqa: E402
 from config import TrainConfig  # noqa: E402
 from trainer import make_optimizer, step_generator  # noqa: E402
 
@@ -44,7 +43,7 @@ def bench(kind, script, config, device, dtype):
     model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
     step_model = torch.compile(model) if config.compile else model
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    autocast, _ = mixed_precision(device, dtype)  # as training runs it
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
 
     def step(i):
