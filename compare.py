@@ -19,6 +19,11 @@ COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
           "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
 
 
+# what every line of log.jsonl holds for the table, the verdict and the plot
+LOG_FIELDS = ("iter", "epoch", "tokens", "train_loss", "val_loss", "kind", "tokenizer", "unique_tokens", "n_params",
+              "elapsed_s")
+
+
 def read_log(folder):
     path = os.path.join(folder, "log.jsonl")
     if not os.path.isfile(path):
@@ -36,6 +41,11 @@ def read_log(folder):
                 from None
     if not records:
         raise UserError(f"{path} is empty: the run has not evaluated yet")
+    for number, record in enumerate(records, 1):
+        missing = [key for key in LOG_FIELDS if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise UserError(f"{path} line {number} lacks {', '.join(missing)}: not a log of this version of "
+                            f"train_ar.py / train_diffusion.py")
     return records
 
 
@@ -48,7 +58,7 @@ def summarize(folder):
            "unique_tokens": last["unique_tokens"], "epochs": last["epoch"], "best_val": best["val_loss"],
            "best_epoch": best["epoch"], "final_val": last["val_loss"], "tokens": last["tokens"],
            "wall_s": last["elapsed_s"], "bits_per_byte": bytes_tokens, "records": records, "best_acc": None,
-           "tokenizer": last.get("tokenizer")}  # logs before this version do not say
+           "tokenizer": last["tokenizer"]}
     scored = [r for r in records if r.get("mc_accuracy") is not None]
     if scored:  # the multiple-choice accuracy: its best, and at the best-loss checkpoint (best.pt)
         top = max(scored, key=lambda r: r["mc_accuracy"])
@@ -59,7 +69,7 @@ def summarize(folder):
 
 def check_one_tokenizer(rows):
     """Losses per token compare only between runs of one tokenizer: a token of another vocabulary is another unit."""
-    named = {r["tokenizer"]: r["run"] for r in rows if r["tokenizer"] is not None}
+    named = {r["tokenizer"]: r["run"] for r in rows}
     if len(named) > 1:
         raise UserError("these runs use different tokenizers (" + ", ".join(f"{t} in {run}" for t, run in
                         named.items()) + "): their losses per token do not compare; compare runs of one tokenizer")

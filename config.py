@@ -29,7 +29,7 @@ class TrainConfig:
     n_embd: int = option(128, low=2)
     # context length in tokens
     block_size: int = option(128, low=1)
-    # on the residual branches and the embeddings (no attention-weight dropout)
+    # on the outputs of the attention and MLP branches (none on the attention weights or the embeddings)
     dropout: float = option(0.0, low=0, below=1)
     # --- optimisation: AdamW, linear warmup, then cosine to lr * min_lr_ratio at the end of the run
     # windows per micro-batch, per process
@@ -89,14 +89,9 @@ class TrainConfig:
 # and whatever the command line does not give keeps its saved value
 RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "dtype", "compile", "log_interval", "stop_after_s"}
 
-# options of earlier versions, with the value that meant what this version does: a checkpoint that saved that
-# value still loads
-RETIRED = {"random_offsets": False, "mc_context": 0, "mc_continuation": 0}
-
-
 def saved_config(ckpt, path):
     """The TrainConfig a checkpoint was trained with; one that names options this version lacks is a UserError."""
-    saved = {k: v for k, v in ckpt["config"].items() if not (k in RETIRED and v == RETIRED[k])}
+    saved = ckpt["config"]
     unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise UserError(f"{path} was written by another version of this project (options {', '.join(unknown)} are "

@@ -24,7 +24,7 @@ def load_meta(data_dir):
             meta = json.load(f)
     except ValueError:
         raise UserError(f"{path} is not valid JSON: re-run prepare_data.py") from None
-    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int}
+    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int, "sha256": str}
     wrong = [key for key, kind in expected.items() if not isinstance(meta, dict) or not isinstance(meta.get(key), kind)]
     if wrong:
         raise UserError(f"{path} lacks {', '.join(wrong)} (or holds the wrong type): it was not written by this "
@@ -138,10 +138,7 @@ def training_data(config, ckpt):
 # ----------------------------------------------------------------------------- a checkpoint's own data
 
 def data_fingerprint(meta):
-    """A data folder's identity in a few characters: its text's sha256 and its token counts (None for data
-    prepared before meta.json recorded them)."""
-    if "sha256" not in meta:
-        return None
+    """A data folder's identity in a few characters: its text's sha256 and its token counts."""
     return f"sha256 {meta['sha256'][:12]}, {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens"
 
 
@@ -154,7 +151,7 @@ def check_run_data(ckpt, meta, data_dir, own_data=True):
                         f"tokens) differs from {data_dir}'s ({meta['tokenizer']}, {meta['n_vocab']}): give the "
                         f"run's own data")
     saved, now = data_fingerprint(ckpt["meta"]), data_fingerprint(meta)
-    if own_data and saved and now and saved != now:
+    if own_data and saved != now:
         raise UserError(f"{data_dir} was prepared again since the run started: the run's data is {saved}, the "
                         f"folder's is {now}; prepare the run's data again, or start the run afresh")
 

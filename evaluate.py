@@ -61,14 +61,16 @@ def main(argv=None):
 
     with torch.no_grad():
         windows = val_windows(val_tokens, train.block_size, train.eval_windows)
-        nats, count = script.validation_loss(model, windows.to(device), torch.arange(len(windows)), train)
+        nats, count = script.validation_loss(model, windows.to(device), torch.arange(len(windows)),
+                                             train.elbo_samples, train.eval_batch_size, train.eval_seed)
         kind_of_loss = "exact NLL" if ckpt["kind"] == "ar" else f"ELBO, K = {train.elbo_samples}"
         print(f"val loss: {nats / count:.4f} nats/token ({len(windows)} windows; {kind_of_loss})"
               + (f", {nats / count / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
         items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len,
                                        config.mc_choices, train.eval_seed if config.mc_seed < 0 else config.mc_seed)
         acc, se, chance = downstream.accuracy(
-            items, lambda c, x, ids: script.continuation_nll(model, c.to(device), x.to(device), ids, train),
+            items, lambda c, x, ids: script.continuation_nll(model, c.to(device), x.to(device), ids,
+                                                             train.elbo_samples, train.eval_batch_size, train.eval_seed),
             progress=show_progress)
     print(f"multiple choice: {acc:.3f} +- {se:.3f} ({config.mc_items} items, {config.mc_choices} choices: chance "
           f"{chance:.3f}; context {context_len}, continuation {continuation_len} tokens)")

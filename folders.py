@@ -119,7 +119,7 @@ def run_is_whole(folder):
     return os.path.isfile(os.path.join(folder, "ckpt.pt"))
 
 
-def claim_run_folder(out_dir, ckpt, overwrite):
+def claim_run_folder(out_dir, resuming, overwrite):
     """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
     replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
     (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
@@ -128,26 +128,70 @@ def claim_run_folder(out_dir, ckpt, overwrite):
     take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
     settle_replacement(out_dir)
     holds_run = run_is_whole(out_dir)
-    if ckpt is None and holds_run and not overwrite:
+    if not resuming and holds_run and not overwrite:
         release_lock(os.path.join(out_dir, LOCK_FILE))
         raise UserError(f"{out_dir} already holds a run: continue it with --resume, start over with --overwrite, or "
                         f"choose another --out_dir")
-    if ckpt is None and holds_run:
+    if not resuming and holds_run:
         new = f"{out_dir}.new"
         os.makedirs(new)
         take_lock(os.path.join(new, LOCK_FILE), out_dir)
         return new
-    if ckpt is None and os.path.exists(os.path.join(out_dir, "log.jsonl")):
+    if not resuming and os.path.exists(os.path.join(out_dir, "log.jsonl")):
         print(f"{out_dir} holds no checkpoint (an earlier start stopped before its first one): starting afresh there")
     return out_dir
 
 
-def run_in_place(run_dir, out_dir):
-    """After a checkpoint: a run written beside the old one (--overwrite) becomes out_dir. Returns out_dir."""
-    if run_dir != out_dir:
-        put_in_place(run_dir, out_dir)
-        atexit.register(release_lock, os.path.join(out_dir, LOCK_FILE))  # this process's lock moved with its folder
-    return out_dir
+def start_log(path, resume_iter):
+    """log.jsonl, to append to: a fresh run's starts empty; a resumed run's keeps its lines up to its checkpoint's
+    iteration (evaluations after it, and a line torn by a kill, are dropped: they are redone)."""
+    kept = []
+    if resume_iter is not None and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["iter"] <= resume_iter:
+                        kept.append(line)
+                except ValueError:
+                    break
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+class RunFolder:
+    """Everything a training run holds on disk, claimed on entry and released on exit: out_dir's lock (one
+    writer), the data folder's reader mark (prepare_data.py leaves the data alone meanwhile) and log.jsonl. With
+    --overwrite over a run, the new run writes into `<out_dir>.new` until its first checkpoint, where `checkpointed`
+    puts it in out_dir's place. Only one DDP process writes: with writer=False it does nothing."""
+
+    def __init__(self, out_dir, data_dir, resume_iter, overwrite, writer=True):
+        self.out_dir, self.data_dir, self.resume_iter, self.overwrite = out_dir, data_dir, resume_iter, overwrite
+        self.writer, self.path = writer, None  # path: the folder written now (out_dir, or <out_dir>.new)
+
+    def __enter__(self):
+        if self.writer:
+            self.data_mark = hold_data(self.data_dir)
+            self.path = claim_run_folder(self.out_dir, self.resume_iter is not None, self.overwrite)
+            start_log(os.path.join(self.path, "log.jsonl"), self.resume_iter)
+        return self
+
+    def append_log(self, record):
+        if self.writer:
+            with open(os.path.join(self.path, "log.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpointed(self):
+        """After a checkpoint: a new run written beside the old one (--overwrite) takes out_dir's place."""
+        if self.writer and self.path != self.out_dir:
+            put_in_place(self.path, self.out_dir)
+            self.path = self.out_dir
+            atexit.register(release_lock, os.path.join(self.out_dir, LOCK_FILE))  # the lock moved with its folder
+
+    def __exit__(self, *exception):
+        if self.writer:
+            for lock in {os.path.join(self.out_dir, LOCK_FILE), os.path.join(self.path, LOCK_FILE), self.data_mark}:
+                release_lock(lock)
+        return False
 
 
 # ----------------------------------------------------------------------------- a data folder

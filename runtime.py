@@ -36,43 +36,22 @@ def pick_device(name):
     return torch.device("cpu")
 
 
-def pick_dtype(name, device):
-    """'auto': bfloat16 on GPUs with native bf16 (compute capability 8.0 and up: A100, L4, H100, RTX 30xx...),
-    float16 (with a grad scaler in training) on older ones such as a T4, float32 elsewhere.
-    torch.cuda.is_bf16_supported() says yes on a T4 too, where bf16 is emulated and slow."""
+def number_format(device, requested="auto", saved=None):
+    """The dtype a run (or sampling) computes in, decided here once. 'auto': bfloat16 on GPUs with native bf16
+    (compute capability 8.0 and up: A100, L4, H100, RTX 30xx...), float16 (with a grad scaler in training) on older
+    ones such as a T4, where torch.cuda.is_bf16_supported() says yes but bf16 is emulated and slow; float32
+    elsewhere. A resumed run passes the format it was saved in (`saved`, with requested=None unless --dtype was
+    given): it keeps it unless this device cannot run it natively, and a change is said in one line (the numbers
+    then differ slightly from an uninterrupted run's)."""
+    bf16_native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    native = {"float32": True, "bfloat16": bf16_native, "float16": device.type == "cuda"}
+    name = requested or (saved if native[saved] else "auto")
     if name == "auto":
-        if device.type == "cuda":
-            name = "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
-        else:
-            name = "float32"
-    if name not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+        name = "bfloat16" if bf16_native else "float16" if device.type == "cuda" else "float32"
+    if saved is not None and name != saved:
+        print(f"note: the run was saved in {saved} and continues in {name} on {device.type}: from here on it "
+              f"differs slightly from an uninterrupted run")
     return getattr(torch, name)
-
-
-def runs_natively(dtype, device):
-    """Whether a number format is native on a device: bf16 needs compute capability 8.0 (a T4 only emulates it),
-    and a CPU trains in float32."""
-    if device.type != "cuda":
-        return dtype == torch.float32
-    return dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def number_format(config, ckpt, given, device):
-    """The run's dtype. A resumed run keeps the format it was saved in unless --dtype says otherwise or this
-    device cannot run it natively; any change is said in one line (the numbers then differ slightly from an
-    uninterrupted run's)."""
-    saved = ckpt.get("dtype") if ckpt is not None else None
-    if saved is None or "dtype" in given:
-        dtype = pick_dtype(config.dtype, device)
-    else:
-        dtype = getattr(torch, saved)
-        if not runs_natively(dtype, device):
-            dtype = pick_dtype("auto", device)
-    if saved is not None and str(dtype) != f"torch.{saved}":
-        print(f"note: the run was saved in {saved} and continues in {str(dtype).replace('torch.', '')} on "
-              f"{device.type}: from here on it differs slightly from an uninterrupted run")
-    return dtype
 
 
 def mixed_precision(device, dtype):
@@ -151,11 +130,16 @@ def rng_state(device):
 def set_rng_state(state, device):
     """Restore rng_state's generators; the GPU's only when the run was saved on a GPU and continues on one."""
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if isinstance(cuda, list):  # checkpoints before this version: every visible GPU's state
-        cuda = cuda[min(device.index or 0, len(cuda) - 1)] if cuda else None
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def restore_random_state(ckpt, scaler, rank, device):
+    """A resumed run's generators (this process's own; a process beyond the saved ones takes the last) and a
+    float16 run's loss scale (empty in other formats)."""
+    if scaler.is_enabled() and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)], device)
 
 
 def every_rng_state(device, world_size):

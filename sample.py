@@ -10,7 +10,6 @@ prompt from a file. The checkpoint's kind picks the decoder; its tokenizer decod
 The functions are importable: ar_generate and diffusion_generate take a model and token tensors.
 """
 import codecs
-import contextlib
 import re
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from model import KVCache
 from cli import UserError, option, parse_args, run_cli
 from tokenizer import tokenizer_from_meta
-from runtime import load_checkpoint, model_from_checkpoint, pick_device, pick_dtype
+from runtime import load_checkpoint, mixed_precision, model_from_checkpoint, number_format, pick_device
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 
@@ -216,8 +215,7 @@ def main(argv=None):
     if len(prompt) > model.config.block_size:
         raise UserError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: shorten it")
     generator = torch.Generator().manual_seed(config.seed)
-    dtype = pick_dtype("auto", device)  # the training scripts' choice: bf16 on recent GPUs, fp16 on older ones
-    autocast = torch.autocast(device.type, dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    autocast, _ = mixed_precision(device, number_format(device))  # as training: bf16 on recent GPUs, fp16 on older
     try:
         with autocast:
             (sample_ar if ckpt["kind"] == "ar" else sample_diffusion)(model, enc, prompt, config, generator)

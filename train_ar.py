@@ -25,24 +25,26 @@ def training_loss(model, batch, mask_id, generator, share):
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def validation_loss(model, windows, window_ids, config):
-    """Exact NLL: (sum of -log p over every next token of `windows`, number of tokens)."""
+def validation_loss(model, windows, window_ids, samples, batch_size, seed):
+    """Exact NLL: (sum of -log p over every next token of `windows`, number of tokens). Exact, so it draws
+    nothing: `window_ids`, `samples` and `seed` (diffusion's ELBO needs them) are unused."""
     nats = 0.0
-    for i in range(0, len(windows), config.eval_batch_size):
-        batch = windows[i:i + config.eval_batch_size]
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
         logits = model(batch[:, :-1])
         nats += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
     return nats, windows[:, 1:].numel()
 
 
-def continuation_nll(model, contexts, continuations, item_ids, config):
-    """Exact -log p(continuation | context) per row, in nats: the chain rule over the continuation's tokens."""
+def continuation_nll(model, contexts, continuations, item_ids, samples, batch_size, seed):
+    """Exact -log p(continuation | context) per row, in nats: the chain rule over the continuation's tokens
+    (`item_ids`, `samples` and `seed` unused, as in validation_loss)."""
     if contexts.shape[1] == 0:
         raise ValueError("an AR model needs at least one context token to score a continuation")
     x = torch.cat([contexts, continuations], dim=1)
     C, nats = contexts.shape[1], []
-    for i in range(0, len(x), config.eval_batch_size):
-        batch = x[i:i + config.eval_batch_size]
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size]
         logits = model(batch[:, :-1])[:, C - 1:]  # the predictions of the continuation's tokens
         nll = F.cross_entropy(logits.flatten(0, 1), batch[:, C:].flatten(), reduction="none")
         nats.append(nll.view(len(batch), -1).sum(dim=1).double().cpu())

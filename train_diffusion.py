@@ -18,32 +18,37 @@ CAUSAL = False
 EPS = 1e-3  # t ~ U(EPS, 1): the 1/t weight stays finite
 
 
-def training_loss(model, batch, mask_id, generator, share):
-    """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
-    loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b]), t_b = EPS + (1 - EPS) * u_b.
-
-    t and the masks are drawn for the whole global batch from `generator` (seeded by seed, iteration and
-    micro-step; the same in every process), and this process keeps its own rows, `share` = (rank, world_size): N
-    processes, and a resumed run, see exactly the masks of one uninterrupted process."""
-    x = batch[:, :-1]
+def draw_masks(x, generator, share):
+    """t (B,) and the masked positions (B, T) of this process's rows of x. Drawn for the whole global batch of
+    B * world_size rows from `generator` (seeded by seed, iteration and micro-step: the same in every process), then
+    sliced to this process's rows, share = (rank, world_size): N processes, and a resumed run, see exactly the
+    masks of one uninterrupted process."""
     (B, T), (rank, world_size) = x.shape, share
-    rows = slice(rank * B, (rank + 1) * B)
     u = torch.rand(1, generator=generator)
     u_rows = (u + torch.arange(B * world_size) / (B * world_size)) % 1.0  # stratified over the batch, as in MDLM
     u_tokens = torch.rand(B * world_size, T, generator=generator)
-    t = EPS + (1 - EPS) * u_rows[rows].to(x.device)  # (B,)
+    rows = slice(rank * B, (rank + 1) * B)
+    t = EPS + (1 - EPS) * u_rows[rows].to(x.device)
     masked = u_tokens[rows].to(x.device) < t[:, None]  # each token masked independently with probability t
-    x_t = torch.where(masked, mask_id, x)
-    logits = model(x_t)
-    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none").view_as(x)
-    return (nll * masked / t[:, None]).sum() / x.numel()
+    return t, masked
 
 
-def masked_elbo(model, x, maskable, seeds, config):
-    """Per-row ELBO bound on -log p of the maskable tokens of x (B, T) given the rest, in nats: K =
-    config.elbo_samples stratified t_k = EPS + (1 - EPS) * (k + u) / K, each maskable token masked with
-    probability t_k by a generator seeded by the row's seed, loss sum_{masked} -log p / t_k averaged over k."""
-    K, (B, T), mask_id = config.elbo_samples, x.shape, model.config.mask_id
+def training_loss(model, batch, mask_id, generator, share):
+    """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
+    loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b])."""
+    x = batch[:, :-1]
+    t, masked = draw_masks(x, generator, share)
+    x_t = torch.where(masked, mask_id, x)  # absorbing state: a masked token becomes [MASK]
+    nll = F.cross_entropy(model(x_t).flatten(0, 1), x.flatten(), reduction="none").view_as(x)
+    # linear schedule alpha(t) = 1 - t: the ELBO's weight -alpha'(t) / (1 - alpha(t)) is 1/t (MDLM, eq. 10)
+    return (nll * masked / t[:, None]).sum() / x.numel()  # divided by B*T, never by the masked count as well
+
+
+def masked_elbo(model, x, maskable, seeds, samples, batch_size):
+    """Per-row ELBO bound on -log p of the maskable tokens of x (B, T) given the rest, in nats: K = `samples`
+    stratified t_k = EPS + (1 - EPS) * (k + u) / K, each maskable token masked with probability t_k by a generator
+    seeded by the row's seed, loss sum_{masked} -log p / t_k averaged over k; run `batch_size` rows at a time."""
+    K, (B, T), mask_id = samples, x.shape, model.config.mask_id
     rows_t, rows_mask = [], []
     for seed, row_maskable in zip(seeds, maskable.cpu()):
         gen = torch.Generator().manual_seed(seed)
@@ -53,33 +58,34 @@ def masked_elbo(model, x, maskable, seeds, config):
     t, masked = torch.cat(rows_t).to(x.device), torch.cat(rows_mask).to(x.device)
     x = x.repeat_interleave(K, dim=0)  # row r's K samples are rows r * K ... r * K + K - 1
     nats = torch.zeros(B * K, dtype=torch.float64)
-    for i in range(0, B * K, config.eval_batch_size):
-        part = slice(i, i + config.eval_batch_size)
+    for i in range(0, B * K, batch_size):
+        part = slice(i, i + batch_size)
         logits = model(torch.where(masked[part], mask_id, x[part]))
         nll = F.cross_entropy(logits.flatten(0, 1), x[part].flatten(), reduction="none").view_as(x[part])
         nats[part] = (nll * masked[part] / t[part, None]).sum(dim=1).double().cpu()
     return nats.view(B, K).mean(dim=1)
 
 
-def validation_loss(model, windows, window_ids, config):
-    """ELBO bound on the NLL (the training loss's formula, no gradient) over every token of each window, with
-    masks seeded by the window's id, so the same checkpoint always gives the same number. Returns (nats summed
-    over windows, tokens)."""
+def validation_loss(model, windows, window_ids, samples, batch_size, seed):
+    """ELBO bound on the NLL (the training loss's formula, no gradient, K = `samples`) over every token of each
+    window, with masks seeded by `seed` and the window's id, so the same checkpoint always gives the same number.
+    Returns (nats summed over windows, tokens)."""
     x = windows[:, :-1]
-    seeds = [config.eval_seed * 1_000_003 + int(w) for w in window_ids]
-    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, config)
+    seeds = [seed * 1_000_003 + int(w) for w in window_ids]
+    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, samples, batch_size)
     return nats.sum().item(), x.numel()
 
 
-def continuation_nll(model, contexts, continuations, item_ids, config):
-    """Bound on -log p(continuation | context) per row, in nats: the conditional ELBO, only the continuation's
-    positions masked. The masks are seeded by the item's id, so every choice of an item sees the same masks and a
-    checkpoint always gives the same answer. With an empty context it is validation_loss's formula."""
+def continuation_nll(model, contexts, continuations, item_ids, samples, batch_size, seed):
+    """Bound on -log p(continuation | context) per row, in nats: the conditional ELBO (K = `samples`), only the
+    continuation's positions masked. The masks are seeded by `seed` and the item's id, so every choice of an item
+    sees the same masks and a checkpoint always gives the same answer. With an empty context it is
+    validation_loss's formula."""
     x = torch.cat([contexts, continuations], dim=1)
     maskable = torch.zeros_like(x, dtype=torch.bool)
     maskable[:, contexts.shape[1]:] = True
-    seeds = [config.eval_seed * 1_000_003 + int(i) for i in item_ids]
-    return masked_elbo(model, x, maskable, seeds, config)
+    seeds = [seed * 1_000_003 + int(i) for i in item_ids]
+    return masked_elbo(model, x, maskable, seeds, samples, batch_size)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ runtime.py (devices, number formats, DDP, checkpoint files and folder locks: a f
 """
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -96,32 +95,25 @@ def wrap_model(model, config, rank, world_size, device):
     return wrapped
 
 
-def open_log(run_dir, ckpt):
-    """log.jsonl, to append to: a fresh run's starts empty; a resumed run's keeps its lines up to the checkpoint
-    (evaluations after it, and a line torn by a kill, are dropped: they are redone)."""
-    path, kept = os.path.join(run_dir, "log.jsonl"), []
-    if ckpt is not None and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["iter"] <= ckpt["state"]["iter"]:
-                        kept.append(line)
-                except ValueError:
-                    break
-    with open(path, "w") as f:
-        f.writelines(kept)
-    return path
+def choice_items(val_tokens, meta, config):
+    """The multiple-choice items scored at every evaluation (downstream.py), or None with --mc_items=0."""
+    if not config.mc_items:
+        return None
+    return downstream.build_items(val_tokens, config.mc_items, *downstream.item_lengths(meta, config.block_size),
+                                  seed=config.eval_seed)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 def validation_loss(validation_fn, model, val, config, autocast, rank, world_size):
-    """Mean validation loss in nats/token over the val windows, each process taking every world_size-th one."""
+    """Mean validation loss in nats/token over the val windows, each process taking every world_size-th one
+    (diffusion: its ELBO at K = elbo_samples)."""
     model.eval()
     ids = torch.arange(rank, len(val), world_size)
     device = model.embed.weight.device
     with torch.no_grad(), autocast:
-        nats, count = validation_fn(model, val[ids].to(device), ids, config)
+        nats, count = validation_fn(model, val[ids].to(device), ids, config.elbo_samples, config.eval_batch_size,
+                                    config.eval_seed)
     totals = runtime.all_reduce_sum(torch.tensor([float(nats), float(count)], dtype=torch.float64, device=device),
                                     world_size)
     model.train()
@@ -129,13 +121,13 @@ def validation_loss(validation_fn, model, val, config, autocast, rank, world_siz
 
 
 def choice_accuracy(continuation_nll, model, items, config, autocast):
-    """(accuracy, standard error) on the multiple-choice items; diffusion uses K = mc_samples here, to keep the
-    cost near a tenth of training."""
-    config, device = dataclasses.replace(config, elbo_samples=config.mc_samples), model.embed.weight.device
+    """(accuracy, standard error) on the multiple-choice items; diffusion scores them at K = mc_samples, to keep
+    the cost near a tenth of training."""
+    device = model.embed.weight.device
     model.eval()
     with torch.no_grad(), autocast:
         acc, se, _ = downstream.accuracy(items, lambda c, x, ids: continuation_nll(
-            model, c.to(device), x.to(device), ids, config))
+            model, c.to(device), x.to(device), ids, config.mc_samples, config.eval_batch_size, config.eval_seed))
     model.train()
     return acc, se
 
@@ -156,6 +148,83 @@ def progress_line(it, total_iters, epoch, loss, lr, tokens_per_s, mfu, eta_s):
             f"tok/s{mfu} | eta {runtime.fmt_time(eta_s)}")
 
 
+# ----------------------------------------------------------------------------- the loop's state and its decisions
+
+@dataclasses.dataclass
+class LoopState:
+    """What the loop carries from one iteration to the next: a checkpoint saves it, so --resume continues exactly."""
+    iter: int = 0
+    windows_seen: int = 0  # training windows consumed by all processes: the position in the epoch orders
+    best_val: float = float("inf")
+    best_iter: int = -1
+    evaluated_iter: int = -1  # a resumed run does not evaluate its checkpoint's iteration again
+    train_loss_sum: float = 0.0  # since the last evaluation; a tensor on the device while the loop runs
+    train_loss_count: int = 0
+    elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
+
+
+def eval_due(state, eval_interval, total_iters):
+    """Every eval_interval iterations and at the end; a resumed run's first evaluation was logged before its
+    checkpoint."""
+    return (state.iter % eval_interval == 0 or state.iter == total_iters) and state.iter != state.evaluated_iter
+
+
+def checkpoint_due(state, saved_iter, evaluated_now, total_iters, config):
+    """At every evaluation (or every ckpt_interval iterations) and at the end, except where the checkpoint on disk
+    already is (a resumed run's first iteration)."""
+    scheduled = (state.iter % config.ckpt_interval == 0 or state.iter == total_iters) if config.ckpt_interval \
+        else evaluated_now
+    return scheduled and state.iter != saved_iter
+
+
+def out_of_time(state, start_iter, t_start, total_iters, config, device, world_size):
+    """--stop_after_s has run out: checked by rank 0 and broadcast, so all processes stop together (with several
+    processes only at progress lines, to spare a broadcast per step)."""
+    if state.iter >= total_iters or config.stop_after_s <= 0:
+        return False
+    if world_size > 1 and (state.iter - start_iter) % config.log_interval:
+        return False
+    return runtime.rank0_says(time.time() - t_start >= config.stop_after_s, device, world_size)
+
+
+def eval_record(state, val_loss, kind, meta, config, total_iters, train_windows, n_params, seconds):
+    """One line of log.jsonl: the evaluation at state.iter (before the state takes it in)."""
+    count = state.train_loss_count
+    record = {"iter": state.iter, "epoch": round(state.windows_seen / train_windows.n, 4),
+              "tokens": state.windows_seen * config.block_size,
+              "train_loss": float(state.train_loss_sum) / count if count else None, "val_loss": val_loss,
+              "lr": lr_at(max(state.iter - 1, 0), config, total_iters), "best_val": min(state.best_val, val_loss),
+              "kind": kind, "tokenizer": tokenizer_name(meta),
+              "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
+              "unique_tokens": len(train_windows.tokens), "n_params": n_params, "done": state.iter == total_iters,
+              "elapsed_s": round(seconds, 1)}
+    if meta["tokenizer"] == "bytes" and meta.get("eot_id") is None:  # one token is one byte of text
+        record["val_bits_per_byte"] = val_loss / math.log(2)
+    return record
+
+
+def eval_line(record, is_best):
+    train, bpb = record["train_loss"], record.get("val_bits_per_byte")
+    return (f"eval iter {record['iter']} | epoch {record['epoch']:.2f} | train {'-' if train is None else f'{train:.4f}'}"
+            f" | val {record['val_loss']:.4f} nats/token" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+            + (f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else "")
+            + (" | best" if is_best else ""))
+
+
+def start_line(kind, n_params, device, dtype, world_size, train_windows, config, global_batch, total_iters):
+    return (f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
+            f"{world_size} process(es) | U = {len(train_windows.tokens):,} tokens = {train_windows.n:,} windows of "
+            f"{config.block_size + 1} | {global_batch} windows/iter | {total_iters:,} iters = "
+            f"{total_iters * global_batch / train_windows.n:.2f} epochs | out: {config.out_dir}")
+
+
+def end_line(state, stopped, total_iters, t_start, out_dir):
+    took = runtime.fmt_time(time.time() - t_start)
+    if stopped:
+        return f"stopped after {took} at iteration {state.iter} of {total_iters} (--stop_after_s): continue with --resume"
+    return f"done: best val {state.best_val:.4f} nats/token at iter {state.best_iter} ({took}); checkpoints in {out_dir}"
+
+
 # ----------------------------------------------------------------------------- the run
 
 def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=None):
@@ -165,13 +234,11 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     config, ckpt, given = configure(kind, sys.argv[1:] if argv is None else argv)
     meta, train_windows, val_tokens = training_data(config, ckpt)
     val = val_windows(val_tokens, config.block_size, config.eval_windows)
-    items = None
-    if config.mc_items and continuation_nll:
-        items = downstream.build_items(val_tokens, config.mc_items, *downstream.item_lengths(meta, config.block_size),
-                                       seed=config.eval_seed)
+    items = choice_items(val_tokens, meta, config) if continuation_nll else None
     rank, world_size, device = runtime.setup_distributed(runtime.pick_device(config.device))
     master = rank == 0
-    dtype = runtime.number_format(config, ckpt, given, device)
+    dtype = runtime.number_format(device, None if ckpt and "dtype" not in given else config.dtype,
+                                  ckpt and ckpt["dtype"])
     autocast, scaler = runtime.mixed_precision(device, dtype)
     raw_model, optimizer = build_model(config, meta, causal, device, ckpt)
     model = wrap_model(raw_model, config, rank, world_size, device)
@@ -183,143 +250,108 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     eval_interval = max(round(config.eval_epochs * train_windows.n / global_batch), 1) if config.eval_epochs \
         else config.eval_interval
     header = {"kind": kind, "model_args": raw_model.model_args(), "config": dataclasses.asdict(config), "meta": meta}
-    bits_per_byte = meta["tokenizer"] == "bytes" and meta.get("eot_id") is None
-    if master:  # the first writes, once every check has passed: prepare_data.py leaves the data alone meanwhile
-        data_mark = folders.hold_data(os.path.join(config.data_dir, config.dataset))
-    run_dir = folders.claim_run_folder(config.out_dir, ckpt, config.overwrite) if master else None
-    log_path = open_log(run_dir, ckpt) if master else None
-    if master:
-        print(f"{kind}: {n_params / 1e6:.2f}M parameters on {device} ({str(dtype).replace('torch.', '')}), "
-              f"{world_size} process(es) | U = {len(train_windows.tokens):,} tokens = {train_windows.n:,} windows of "
-              f"{config.block_size + 1} | {global_batch} windows/iter | {total_iters:,} iters = "
-              f"{total_iters * global_batch / train_windows.n:.2f} epochs | out: {config.out_dir}", flush=True)
 
-    # the loop's state: what a checkpoint saves, so that --resume continues exactly
-    state = {"iter": 0, "windows_seen": 0, "best_val": float("inf"), "best_iter": -1, "evaluated_iter": -1,
-             "train_loss_sum": 0.0, "train_loss_count": 0, "elapsed_before": 0.0}
+    state = LoopState(**ckpt["state"]) if ckpt is not None else LoopState()
     if ckpt is not None:
-        state.update(ckpt["state"])
-        if scaler.is_enabled() and ckpt["scaler"]:  # a float16 run's loss scale (empty in other formats)
-            scaler.load_state_dict(ckpt["scaler"])
-        runtime.set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)], device)
-    it, windows_seen, start_iter = state["iter"], state["windows_seen"], state["iter"]
-    # summed on the device between logs, so the CPU runs ahead of the GPU instead of waiting at every step
-    train_loss_sum = torch.tensor(state["train_loss_sum"], dtype=torch.float64, device=device)
-    first_nonfinite_iter = torch.tensor(-1, device=device)
+        runtime.restore_random_state(ckpt, scaler, rank, device)
+    # summed on the device between evaluations, so the CPU runs ahead of the GPU instead of waiting at every step
+    state.train_loss_sum = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=device)
+    start_iter, saved_iter = state.iter, state.iter if ckpt is not None else -1
+    first_nonfinite_iter = torch.tensor(-1, device=device)  # the first non-finite step, kept on the device (no sync)
     best = None  # the best weights, held in memory until the next checkpoint writes them to best.pt
     t_start = t_log = time.time()
     iters_since_log = 0
-    while True:
-        # evaluate: one line in log.jsonl; the first evaluation of a resumed run was logged before its checkpoint
-        eval_due = (it % eval_interval == 0 or it == total_iters) and it != state["evaluated_iter"]
-        if eval_due:
-            check_finite(first_nonfinite_iter, raw_model, config.out_dir)
-            val_loss = validation_loss(validation_fn, raw_model, val, config, autocast, rank, world_size)
-            count = state["train_loss_count"]
-            train_loss = float(train_loss_sum) / count if count else None
-            train_loss_sum.zero_()
-            state.update(train_loss_count=0, evaluated_iter=it)
-            is_best = val_loss < state["best_val"]
-            if is_best:
-                state.update(best_val=val_loss, best_iter=it)
-            epoch = windows_seen / train_windows.n
-            record = {"iter": it, "epoch": round(epoch, 4), "tokens": windows_seen * config.block_size,
-                      "train_loss": train_loss, "val_loss": val_loss, "lr": lr_at(max(it - 1, 0), config, total_iters),
-                      "best_val": state["best_val"], "kind": kind, "tokenizer": tokenizer_name(meta),
-                      "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
-                      "unique_tokens": len(train_windows.tokens), "n_params": n_params, "done": it == total_iters,
-                      "elapsed_s": round(time.time() - t_start + state["elapsed_before"], 1)}
-            if bits_per_byte:
-                record["val_bits_per_byte"] = val_loss / math.log(2)
-            if master and items is not None:  # rank 0 scores them; the others wait at the next step
-                record["mc_accuracy"], record["mc_se"] = choice_accuracy(continuation_nll, raw_model, items, config,
-                                                                         autocast)
-            if master:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                unit = f" ({val_loss / math.log(2):.4f} bits/byte)" if bits_per_byte else ""
-                mc = f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else ""
-                print(f"eval iter {it} | epoch {epoch:.2f} | train {'-' if train_loss is None else f'{train_loss:.4f}'}"
-                      f" | val {val_loss:.4f} nats/token{unit}{mc}{' | best' if is_best else ''}", flush=True)
-            if master and is_best:
-                best = {"model": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()},
-                        "iter": it, "epoch": epoch, "best_val": val_loss}
-            t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
+    with folders.RunFolder(config.out_dir, os.path.join(config.data_dir, config.dataset), ckpt and start_iter,
+                           config.overwrite, writer=master) as folder:  # the first writes: every check has passed
+        if master:
+            print(start_line(kind, n_params, device, dtype, world_size, train_windows, config, global_batch,
+                             total_iters), flush=True)
+        while True:
+            # evaluate: one line in log.jsonl, and the best weights kept in memory
+            evaluated_now = eval_due(state, eval_interval, total_iters)
+            if evaluated_now:
+                check_finite(first_nonfinite_iter, raw_model, config.out_dir)
+                val_loss = validation_loss(validation_fn, raw_model, val, config, autocast, rank, world_size)
+                record = eval_record(state, val_loss, kind, meta, config, total_iters, train_windows, n_params,
+                                     state.elapsed_before + time.time() - t_start)
+                if master and items is not None:  # rank 0 scores them; the others wait at the next step
+                    record["mc_accuracy"], record["mc_se"] = choice_accuracy(continuation_nll, raw_model, items,
+                                                                             config, autocast)
+                is_best = val_loss < state.best_val
+                state.train_loss_sum.zero_()
+                state.train_loss_count, state.evaluated_iter = 0, state.iter
+                if is_best:
+                    state.best_val, state.best_iter = val_loss, state.iter
+                folder.append_log(record)
+                if master:
+                    print(eval_line(record, is_best), flush=True)
+                if master and is_best:
+                    best = {"model": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()},
+                            "iter": state.iter, "epoch": record["epoch"], "best_val": val_loss}
+                t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
 
-        # checkpoint: at every evaluation (or every ckpt_interval), at the end, and when out of time
-        ckpt_due = (it % config.ckpt_interval == 0 or it == total_iters) if config.ckpt_interval else eval_due
-        out_of_time = it < total_iters and config.stop_after_s > 0 and \
-            (world_size == 1 or (it - start_iter) % config.log_interval == 0) and \
-            runtime.rank0_says(time.time() - t_start >= config.stop_after_s, device, world_size)
-        if (ckpt_due and (it > start_iter or ckpt is None)) or out_of_time:  # a fresh run saves at iteration 0
-            check_finite(first_nonfinite_iter, raw_model, config.out_dir)
-            state.update(iter=it, windows_seen=windows_seen, train_loss_sum=float(train_loss_sum))
-            rngs = runtime.every_rng_state(device, world_size)
-            if master:
-                elapsed = state["elapsed_before"] + time.time() - t_start
-                runtime.save_checkpoint(run_dir, header, best, {
-                    "model": raw_model.state_dict(), "iter": it, "epoch": windows_seen / train_windows.n,
-                    "best_val": state["best_val"], "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "state": dict(state, elapsed_before=elapsed), "rng": rngs, "dtype": str(dtype)[len("torch."):]})
-                best = None
-                run_dir = folders.run_in_place(run_dir, config.out_dir)  # --overwrite's new run takes over here
-                log_path = os.path.join(run_dir, "log.jsonl")
-        if it >= total_iters or out_of_time:
-            break
+            # checkpoint: see checkpoint_due; and whenever --stop_after_s runs out
+            stopping = out_of_time(state, start_iter, t_start, total_iters, config, device, world_size)
+            if checkpoint_due(state, saved_iter, evaluated_now, total_iters, config) or stopping:
+                check_finite(first_nonfinite_iter, raw_model, config.out_dir)
+                rngs = runtime.every_rng_state(device, world_size)
+                saved = dict(dataclasses.asdict(state), train_loss_sum=float(state.train_loss_sum),
+                             elapsed_before=state.elapsed_before + time.time() - t_start)
+                if master:
+                    runtime.save_checkpoint(folder.path, header, best, {
+                        "model": raw_model.state_dict(), "iter": state.iter,
+                        "epoch": state.windows_seen / train_windows.n, "best_val": state.best_val,
+                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "state": saved,
+                        "rng": rngs, "dtype": str(dtype)[len("torch."):]})
+                    folder.checkpointed()  # --overwrite: the new run takes out_dir's place at its first checkpoint
+                best, saved_iter = None, state.iter
+            if state.iter >= total_iters or stopping:
+                break
 
-        # one optimizer step: grad_accum micro-steps of forward and backward, then clip and step
-        lr = lr_at(it, config, total_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
-            first_slot = windows_seen + micro * micro_rows
-            batch = train_windows.get(range(first_slot + my_rows.start, first_slot + my_rows.stop))
-            batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
-            last_micro = micro == config.grad_accum - 1
-            with (model.no_sync() if world_size > 1 and not last_micro else contextlib.nullcontext()), autocast:
-                loss = training_loss(model, batch, mask_id, step_generator(config.seed, it, micro),
-                                     (rank, world_size)) / config.grad_accum
-            scaler.scale(loss).backward()  # gradients are averaged across processes on the last micro-step
-            step_loss += loss.detach()
-        step_loss = runtime.all_reduce_sum(step_loss, world_size) / world_size
-        # the first non-finite step, remembered on the device (no sync): check_finite reads it at logs and saves
-        first_nonfinite_iter = torch.where((first_nonfinite_iter < 0) & ~torch.isfinite(step_loss), it,
-                                           first_nonfinite_iter)
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        it, windows_seen = it + 1, windows_seen + global_batch
-        train_loss_sum += step_loss
-        state["train_loss_count"] += 1
-        iters_since_log += 1
+            # one optimizer step: grad_accum micro-steps of forward and backward, then clip and step
+            lr = lr_at(state.iter, config, total_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                first_slot = state.windows_seen + micro * micro_rows
+                batch = train_windows.get(range(first_slot + my_rows.start, first_slot + my_rows.stop))
+                batch = batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
+                last_micro = micro == config.grad_accum - 1
+                with (model.no_sync() if world_size > 1 and not last_micro else contextlib.nullcontext()), autocast:
+                    loss = training_loss(model, batch, mask_id, step_generator(config.seed, state.iter, micro),
+                                         (rank, world_size)) / config.grad_accum
+                scaler.scale(loss).backward()  # gradients are averaged across processes on the last micro-step
+                step_loss += loss.detach()
+            step_loss = runtime.all_reduce_sum(step_loss, world_size) / world_size
+            first_nonfinite_iter = torch.where((first_nonfinite_iter < 0) & ~torch.isfinite(step_loss), state.iter,
+                                               first_nonfinite_iter)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state.iter, state.windows_seen = state.iter + 1, state.windows_seen + global_batch
+            state.train_loss_sum += step_loss
+            state.train_loss_count += 1
+            iters_since_log += 1
 
-        # progress line: loss, tokens/s, MFU against the GPU's peak (none on a CPU), time left
-        if it % config.log_interval == 0 or it == total_iters:
-            check_finite(first_nonfinite_iter, raw_model, config.out_dir)
-            seconds = time.time() - t_log
-            if master:
-                tokens = iters_since_log * global_batch * config.block_size
-                mfu = False if device.type != "cuda" else None if not peak else \
-                    100 * raw_model.flops_per_token() * tokens / seconds / (peak * world_size)
-                eta_s = (total_iters - it) * seconds / iters_since_log
-                print(progress_line(it, total_iters, windows_seen / train_windows.n, step_loss.item(), lr,
-                                    tokens / seconds, mfu, eta_s), flush=True)
-            t_log, iters_since_log = time.time(), 0
+            # progress line: loss, tokens/s, MFU against the GPU's peak (none on a CPU), time left
+            if state.iter % config.log_interval == 0 or state.iter == total_iters:
+                check_finite(first_nonfinite_iter, raw_model, config.out_dir)
+                seconds, tokens = time.time() - t_log, iters_since_log * global_batch * config.block_size
+                if master:
+                    mfu = False if device.type != "cuda" else None if not peak else \
+                        100 * raw_model.flops_per_token() * tokens / seconds / (peak * world_size)
+                    print(progress_line(state.iter, total_iters, state.windows_seen / train_windows.n,
+                                        step_loss.item(), lr, tokens / seconds, mfu,
+                                        (total_iters - state.iter) * seconds / iters_since_log), flush=True)
+                t_log, iters_since_log = time.time(), 0
 
-    if master and out_of_time:
-        print(f"stopped after {runtime.fmt_time(time.time() - t_start)} at iteration {it} of {total_iters} "
-              f"(--stop_after_s): continue with --resume")
-    elif master:
-        print(f"done: best val {state['best_val']:.4f} nats/token at iter {state['best_iter']} "
-              f"({runtime.fmt_time(time.time() - t_start)}); checkpoints in {config.out_dir}")
-    runtime.end_processes(world_size)
-    if master:
-        folders.release_lock(os.path.join(run_dir, folders.LOCK_FILE))
-        folders.release_lock(data_mark)
-    return dict(state, iter=it, windows_seen=windows_seen)
+        if master:
+            print(end_line(state, stopping, total_iters, t_start, config.out_dir))
+        runtime.end_processes(world_size)
+    return dict(dataclasses.asdict(state), train_loss_sum=float(state.train_loss_sum))
 
 
 def main(kind, causal, training_loss, validation_fn, continuation_nll):

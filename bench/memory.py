@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shape import ModelShape, random_model  # noqa: E402
 from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import mixed_precision, pick_device, pick_dtype  # noqa: E402
+from runtime import mixed_precision, number_format, pick_device  # noqa: E402
 
 
 @dataclass
@@ -44,7 +44,7 @@ def one_step_peak(config, kind, batch):
     from trainer import step_generator
     script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
     device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = number_format(device, config.dtype)
     model = random_model(config, script.CAUSAL, device)
     windows = torch.randint(0, config.n_vocab, (batch, config.block_size + 1), device=device)
     autocast, _ = mixed_precision(device, dtype)  # as training runs it
@@ -68,7 +68,7 @@ def main():
     batches = sorted(list_items("batches", config.batches, int))
     device = pick_device(config.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name} | dtype {str(pick_dtype(config.dtype, device)).replace('torch.', '')} | "
+    print(f"device: {name} | dtype {str(number_format(device, config.dtype)).replace('torch.', '')} | "
           f"{config.n_layer} layers x {config.n_embd}, context {config.block_size}, vocab {config.n_vocab} | "
           f"peak of one training step at {', '.join(map(str, batches))} windows")
     print(f"{'kind':<10} " + " ".join(f"{f'peak @{b}':>11}" for b in batches) + f" {'per window':>11}")

@@ -19,7 +19,7 @@ import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
 from cli import option, parse_args, run_cli  # noqa: E402
-from runtime import mixed_precision, peak_flops, pick_device, pick_dtype  # noqa: E402
+from runtime import mixed_precision, number_format, peak_flops, pick_device  # noqa: E402
 from config import TrainConfig  # noqa: E402
 from trainer import make_optimizer, step_generator  # noqa: E402
 
@@ -79,7 +79,7 @@ def main():
     config = BenchConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
     device = pick_device(config.device)
-    dtype = pick_dtype(config.dtype, device)
+    dtype = number_format(device, config.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -8,7 +8,7 @@ between two runs against the noise of the estimate.
 import os
 import statistics
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,10 +42,9 @@ def main():
     for k in list_items("ks", config.ks, int):
         values = []
         for seed in range(config.seeds):
-            run_config = replace(train_config, elbo_samples=k, eval_seed=1234 + seed)
             with torch.no_grad():
                 nats, count = train_diffusion.validation_loss(model, windows.to(device), torch.arange(len(windows)),
-                                                              run_config)
+                                                              k, train_config.eval_batch_size, 1234 + seed)
             values.append(nats / count)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"K = {k:4d}: ELBO {statistics.mean(values):.4f} +- {spread:.4f} nats/token (std over {len(values)} "

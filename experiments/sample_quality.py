@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
-from config import TrainConfig  # noqa: E402
 from data import load_run_data, load_tokens  # noqa: E402
 from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
@@ -45,9 +44,8 @@ class QualityConfig:
 
 def gen_ppl(ref, prompts, generated, batch_size=64):
     """exp of the reference's mean NLL per generated token, each given its prompt and the tokens before it."""
-    config = TrainConfig(eval_batch_size=batch_size)
-    with torch.no_grad():
-        nats = train_ar.continuation_nll(ref, prompts, generated, torch.arange(len(prompts)), config)
+    with torch.no_grad():  # AR's NLL is exact: no K, no seed
+        nats = train_ar.continuation_nll(ref, prompts, generated, torch.arange(len(prompts)), 1, batch_size, 0)
     return math.exp(nats.sum().item() / generated.numel())
 
 

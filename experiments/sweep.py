@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import fmt_time, peak_flops, pick_device, pick_dtype  # noqa: E402
+from runtime import fmt_time, number_format, peak_flops, pick_device  # noqa: E402
 
 
 @dataclass
@@ -192,7 +192,7 @@ def measure(kind, train, meta, steps, warmup=3):
                                     steps=steps, warmup=warmup, device=train.device, dtype=train.dtype)
     device = pick_device(train.device)
     _, tokens_per_s, _, peak = throughput.bench(kind, importlib.import_module(f"train_{kind}"), config, device,
-                                                pick_dtype(train.dtype, device))
+                                                number_format(device, train.dtype))
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the measured model is gone: leave its memory to the runs
     return tokens_per_s, peak

@@ -49,3 +49,8 @@ def make_tiny_documents(folder, tokenizer="bytes", vocab_size=300):
 @pytest.fixture
 def docs_data_dir(tmp_path):
     return make_tiny_documents(tmp_path)
+
+
+def eval_args(config):
+    """A config's (K, batch size, seed) for the kinds' validation_loss and continuation_nll."""
+    return config.elbo_samples, config.eval_batch_size, config.eval_seed

@@ -23,7 +23,8 @@ def write_run(folder, kind, vals, bytes_tokens=True):
     with open(os.path.join(folder, "log.jsonl"), "w") as f:
         for i, v in enumerate(vals):
             r = {"iter": i * 10, "epoch": i * 2.0, "tokens": i * 1000, "train_loss": v - 0.1 if i else None,
-                 "val_loss": v, "kind": kind, "unique_tokens": 500, "n_params": 12345, "elapsed_s": 60.0 * i}
+                 "val_loss": v, "kind": kind, "tokenizer": "bytes-256", "unique_tokens": 500, "n_params": 12345,
+                 "elapsed_s": 60.0 * i}
             if bytes_tokens:
                 r["val_bits_per_byte"] = v / math.log(2)
             f.write(json.dumps(r) + "\n")
@@ -295,6 +296,10 @@ def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(
     with open(tmp_path / "ar" / "log.jsonl", "a") as f:
         f.write('\n{"iter": 40}\n')  # the torn line is no longer the last
     with pytest.raises(UserError, match=r"log.jsonl line 4 is not JSON"):
+        compare.read_log(str(tmp_path / "ar"))
+    # a line of JSON without the fields the table needs (another program's log, or a hand edit): one line naming them
+    (tmp_path / "ar" / "log.jsonl").write_text('{"iter": 0, "epoch": 0.0, "kind": "ar"}\n')
+    with pytest.raises(UserError, match=r"line 1 lacks tokens, train_loss, val_loss, tokenizer"):
         compare.read_log(str(tmp_path / "ar"))
     # a plot path that cannot be written: one line
     (tmp_path / "a_file").write_text("")

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import eval_args
+
 import downstream
 import evaluate
 import train_ar
@@ -58,12 +60,12 @@ def test_the_conditional_elbo_is_repeatable_and_with_no_context_is_the_validatio
     ids = torch.tensor([3, 8, 1, 0, 42])
     with torch.no_grad():
         empty = torch.zeros(5, 0, dtype=torch.long)
-        a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config)
-        b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, config)
-        nats, count = train_diffusion.validation_loss(model, windows, ids, config)
+        a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, *eval_args(config))
+        b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, *eval_args(config))
+        nats, count = train_diffusion.validation_loss(model, windows, ids, *eval_args(config))
         # with a context, only the continuation is masked: its bound differs, and it depends on the context
-        c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, config)
-        d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, config)
+        c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, *eval_args(config))
+        d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, *eval_args(config))
     assert torch.equal(a, b) and a.sum().item() == pytest.approx(nats, rel=1e-12) and count == 5 * 32
     assert (c > 0).all() and not torch.allclose(c, d)
 
@@ -72,12 +74,12 @@ def test_ar_continuation_nll_is_the_chain_rule():
     model, config = tiny(True), TrainConfig(eval_batch_size=3)
     x = torch.from_numpy(val_tokens(4 * 20).astype(np.int64)).view(4, 20)
     with torch.no_grad():
-        nll = train_ar.continuation_nll(model, x[:, :12], x[:, 12:], torch.arange(4), config)
+        nll = train_ar.continuation_nll(model, x[:, :12], x[:, 12:], torch.arange(4), *eval_args(config))
         logp = torch.log_softmax(model(x[:, :-1]), dim=-1)
     direct = -sum(logp[:, i - 1].gather(1, x[:, i:i + 1]).squeeze(1) for i in range(12, 20))
     torch.testing.assert_close(nll.float(), direct, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least one context token"):
-        train_ar.continuation_nll(model, x[:, :0], x, torch.arange(4), config)
+        train_ar.continuation_nll(model, x[:, :0], x, torch.arange(4), *eval_args(config))
 
 
 def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):

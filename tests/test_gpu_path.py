@@ -11,7 +11,7 @@ import runtime
 import data
 import trainer
 import train_ar
-from conftest import tiny_args
+from conftest import eval_args, tiny_args
 from runtime import load_checkpoint
 from cli import UserError
 from test_training import read_log, train
@@ -38,24 +38,22 @@ def test_a_resumed_run_keeps_every_saved_option_the_command_line_does_not_give(d
 
 def test_the_number_format_is_saved_and_a_resume_elsewhere_says_what_changed(monkeypatch, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    saved = {"dtype": "float16"}
     # a T4 run resumed on a CPU: float32, said in one line
-    assert number_format(trainer.TrainConfig(), saved, set(), cpu) == torch.float32
+    assert number_format(cpu, None, saved="float16") == torch.float32
     assert "saved in float16 and continues in float32 on cpu" in capsys.readouterr().out
     # a T4 run resumed on an A100 keeps float16 (auto would pick bf16 there), silently
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert number_format(trainer.TrainConfig(), saved, set(), cuda) == torch.float16
+    assert number_format(cuda, None, saved="float16") == torch.float16
     assert capsys.readouterr().out == ""
     # an A100 bf16 run resumed on a T4 (bf16 only emulated): float16, said
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert number_format(trainer.TrainConfig(), {"dtype": "bfloat16"}, set(), cuda) == torch.float16
+    assert number_format(cuda, None, saved="bfloat16") == torch.float16
     assert "saved in bfloat16 and continues in float16 on cuda" in capsys.readouterr().out
     # --dtype given on the command line wins, and the change is said
-    config = trainer.TrainConfig(dtype="float32")
-    assert number_format(config, {"dtype": "bfloat16"}, {"dtype"}, cuda) == torch.float32
+    assert number_format(cuda, "float32", saved="bfloat16") == torch.float32
     assert "continues in float32" in capsys.readouterr().out
-    # a checkpoint without a saved format (older versions): this device's choice, nothing said
-    assert number_format(trainer.TrainConfig(), {}, set(), cpu) == torch.float32
+    # a fresh run: this device's choice, nothing said
+    assert number_format(cpu) == torch.float32
     assert capsys.readouterr().out == ""
 
 
@@ -74,21 +72,17 @@ def test_a_cpu_run_saved_as_float16_resumes_on_a_cpu_in_float32_and_finishes(dat
     assert read_log(out)[-1]["done"] and load_checkpoint(out + "/ckpt.pt")["dtype"] == "float32"
 
 
-def test_rng_state_of_the_runs_own_gpu_only_and_a_checkpoint_from_a_host_with_more_gpus(monkeypatch):
+def test_rng_state_of_the_runs_own_gpu_only_and_restored_only_on_a_gpu(monkeypatch):
     assert rng_state(torch.device("cpu"))["cuda"] is None
     calls = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: calls.append((state, device)))
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: f"state of {device}")
     torch_state = torch.get_rng_state()
     assert rng_state(torch.device("cuda", 1))["cuda"] == "state of cuda:1"
-    # an older checkpoint: every GPU of a 4-GPU host; resumed on a 1-GPU host it takes its own device's
-    old = {"torch": torch_state, "cuda": ["gpu0", "gpu1", "gpu2", "gpu3"]}
-    set_rng_state(old, torch.device("cuda", 0))
-    set_rng_state(old, torch.device("cuda", 2))
     set_rng_state({"torch": torch_state, "cuda": "mine"}, torch.device("cuda", 0))
     set_rng_state({"torch": torch_state, "cuda": "mine"}, torch.device("cpu"))  # a GPU run resumed on a CPU
     set_rng_state({"torch": torch_state, "cuda": None}, torch.device("cuda", 0))  # a CPU run resumed on a GPU
-    assert [c[0] for c in calls] == ["gpu0", "gpu2", "mine"]
+    assert calls == [("mine", torch.device("cuda", 0))]
 
 
 @pytest.mark.parametrize("device,backend", [("cpu", "gloo"), ("cuda", "nccl")])
@@ -125,8 +119,8 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
         saved.append((os.path.basename(path), obj["iter"]))
         real_save(obj, path)
 
-    def validation_worse_after_iteration_20(model, windows, window_ids, config):
-        nats, count = train_ar.validation_loss(model, windows, window_ids, config)
+    def validation_worse_after_iteration_20(model, windows, window_ids, samples, batch_size, seed):
+        nats, count = train_ar.validation_loss(model, windows, window_ids, samples, batch_size, seed)
         real_val.append(nats / count)
         return nats + (10.0 * count if len(real_val) > 5 else 0.0), count  # evaluations 6.. (iter 25..) look bad
     monkeypatch.setattr(runtime, "atomic_save", recording_save)
@@ -141,7 +135,7 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
     val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
                               config.eval_windows)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), config)
+        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), *eval_args(config))
     assert best["best_val"] == pytest.approx(real_val[4]) and abs(nats / count - real_val[4]) < 1e-5
     assert abs(nats / count - real_val[-1]) > 1e-3  # the final weights are different ones
 

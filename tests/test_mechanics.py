@@ -14,7 +14,7 @@ import sample
 import train_ar
 import train_diffusion
 import trainer
-from conftest import tiny_args
+from conftest import eval_args, tiny_args
 from model import ModelConfig, Transformer
 from prepare_data import prepare
 from sample import ar_generate, diffusion_generate
@@ -216,7 +216,7 @@ def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
         seen.append(idx.clone())
         return real_forward(self, idx, cache)
     monkeypatch.setattr(Transformer, "forward", forward)
-    nll = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config)
+    nll = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], *eval_args(config))
     inputs = torch.cat(seen)
     assert not (inputs[:, :9] == mask_id).any() and (inputs[:, 9:] == mask_id).any()
 
@@ -225,7 +225,7 @@ def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
         logits[:, :9] = torch.randn(logits[:, :9].shape)
         return logits
     monkeypatch.setattr(Transformer, "forward", scrambled)
-    again = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], config)
+    again = train_diffusion.continuation_nll(model, contexts, continuations, [0, 1, 2], *eval_args(config))
     torch.testing.assert_close(nll, again)
 
 

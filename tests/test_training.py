@@ -7,7 +7,7 @@ import torch
 
 import train_ar
 import train_diffusion
-from conftest import tiny_args
+from conftest import eval_args, tiny_args
 from cli import UserError, parse_args
 from runtime import atomic_save, load_checkpoint, model_from_checkpoint
 from config import TrainConfig
@@ -51,7 +51,7 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
     meta = load_meta(os.path.join(data_dir, "tiny"))
     windows = val_windows(load_tokens(os.path.join(data_dir, "tiny"), "val", meta), 32, 8)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), TrainConfig())
+        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), *eval_args(TrainConfig()))
     assert abs(nats / count - read_log(out)[-1]["val_loss"]) < 1e-6
     latest = model_from_checkpoint(load_checkpoint(out + "/ckpt.pt"))
     idx = torch.randint(0, 256, (2, 32))
@@ -217,11 +217,9 @@ def test_documents_order_resumes_exactly(kind, docs_data_dir, tmp_path):
                                                  ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
 def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16(capability, expected, monkeypatch):
     """A T4 (7.5) reports bf16 'supported' through emulation; it must get fp16 (and a grad scaler) instead."""
-    from runtime import pick_dtype
+    from runtime import number_format
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert pick_dtype("auto", torch.device("cuda")) == expected
-    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
-    assert pick_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16
-    with pytest.raises(UserError, match="choose auto"):
-        pick_dtype("fp8", torch.device("cpu"))
+    assert number_format(torch.device("cuda")) == expected
+    assert number_format(torch.device("cpu")) == torch.float32
+    assert number_format(torch.device("cuda"), "bfloat16") == torch.bfloat16
