@@ -3,8 +3,9 @@ One Llama-style transformer for both objectives, as in the papers' code.
 
 RoPE, RMSNorm, SwiGLU MLP, no biases, tied input/output embeddings, attention through
 scaled_dot_product_attention. The only switch between the autoregressive and the masked-diffusion
-model is `config.causal`. The vocabulary is the tokenizer's tokens plus one [MASK] id (= n_vocab),
-padded to a multiple of 64; the mask id and the padding ids are never predicted (their logits are -inf).
+model is `config.causal`. The input vocabulary is the tokenizer's tokens plus one [MASK] id (= n_vocab),
+padded to a multiple of 64; the output layer covers the tokenizer's tokens only, so [MASK] and padding
+can never be predicted.
 """
 import math
 from dataclasses import dataclass, asdict
@@ -183,9 +184,11 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, cache=None):
-        """idx (B, T) token ids -> logits (B, T, vocab_size) in float32.
+    def forward(self, idx, cache=None, positions=None):
+        """idx (B, T) token ids -> logits (B, T, n_vocab) in float32, over the tokenizer's tokens only.
 
+        positions: a bool (B, T) mask; then only the logits there, (N, n_vocab) in the order of idx[positions]
+        (diffusion scores its masked tokens only, so the output layer skips the rest).
         With a KVCache, idx holds the next tokens after the cache's `length` positions.
         """
         B, T = idx.shape
@@ -198,10 +201,9 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, i, self.dropout_share)
         if cache is not None:
             cache.length += T
-        x = self.norm(x)
-        logits = F.linear(x, self.embed.weight).float()  # tied input/output embeddings; one float32 copy
-        logits[..., self.config.n_vocab:] = float("-inf")  # [MASK] and padding are never a prediction (in place)
-        return logits
+        x = self.norm(x if positions is None else x[positions])
+        # tied input/output embeddings, the tokenizer's rows only: [MASK] and padding are never a prediction
+        return F.linear(x, self.embed.weight[:self.config.n_vocab]).float()
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -211,8 +213,9 @@ class Transformer(nn.Module):
         c = self.config
         seq_len = seq_len or c.block_size
         n_non_embedding = self.num_params() - self.embed.weight.numel()
-        # the tied output projection is a real matmul of vocab_size x n_embd per token
-        return 6 * (n_non_embedding + c.vocab_size * c.n_embd) + 12 * c.n_layer * c.n_embd * seq_len
+        # the tied output projection is a real matmul of n_vocab x n_embd per token (diffusion's training and
+        # evaluation run it at the masked positions only: about half of this term)
+        return 6 * (n_non_embedding + c.n_vocab * c.n_embd) + 12 * c.n_layer * c.n_embd * seq_len
 
     def model_args(self):
         return asdict(self.config)

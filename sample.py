@@ -53,8 +53,8 @@ def sample_next(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One token id per row from logits (B, V): argmax at temperature 0, else a draw after top-k / top-p."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    # shifted so the largest is 0 before dividing: any temperature, however small or large, keeps the -inf of
-    # [MASK] and padding at -inf and never makes inf - inf
+    # shifted so the largest is 0 before dividing: no temperature, however small, overflows to inf, and a -inf
+    # of top-k / top-p never meets an inf
     logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]

@@ -39,9 +39,10 @@ def training_loss(model, batch, mask_id, generator, share):
     x = batch[:, :-1]
     t, masked = draw_masks(x, generator, share)
     x_t = torch.where(masked, mask_id, x)  # absorbing state: a masked token becomes [MASK]
-    nll = F.cross_entropy(model(x_t).flatten(0, 1), x.flatten(), reduction="none").view_as(x)
+    logits = model(x_t, positions=masked)  # predictions at the masked positions only, in x[masked]'s order
+    nll = F.cross_entropy(logits, x[masked], reduction="none")
     # linear schedule alpha(t) = 1 - t: the ELBO's weight -alpha'(t) / (1 - alpha(t)) is 1/t (MDLM, eq. 10)
-    return (nll * masked / t[:, None]).sum() / x.numel()  # divided by B*T, never by the masked count as well
+    return (nll / t[:, None].expand_as(x)[masked]).sum() / x.numel()  # over B*T, never over the masked count too
 
 
 def masked_elbo(model, x, maskable, seeds, samples, batch_size):
@@ -60,9 +61,10 @@ def masked_elbo(model, x, maskable, seeds, samples, batch_size):
     nats = torch.zeros(B * K, dtype=torch.float64)
     for i in range(0, B * K, batch_size):
         part = slice(i, i + batch_size)
-        logits = model(torch.where(masked[part], mask_id, x[part]))
-        nll = F.cross_entropy(logits.flatten(0, 1), x[part].flatten(), reduction="none").view_as(x[part])
-        nats[part] = (nll * masked[part] / t[part, None]).sum(dim=1).double().cpu()
+        x_t, m = torch.where(masked[part], mask_id, x[part]), masked[part]
+        nll = F.cross_entropy(model(x_t, positions=m), x[part][m], reduction="none")  # masked positions only
+        row = m.nonzero()[:, 0]  # each masked token's row in this part
+        nats[part] = torch.zeros(len(x_t), device=x.device).index_add_(0, row, nll / t[part][row]).double().cpu()
     return nats.view(B, K).mean(dim=1)
 
 

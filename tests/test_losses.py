@@ -68,6 +68,28 @@ def test_validation_elbo_is_deterministic_by_its_mask_seed_whatever_the_batching
     assert math.isclose(d1[0] + d2[0], a[0], rel_tol=1e-6)
 
 
+def test_conditional_elbo_against_direct_computation_from_the_full_logits():
+    """masked_elbo scores only the masked positions; the same number from every position's logits, by its formula:
+    K stratified t_k = EPS + (1 - EPS) (k + u) / K from the row's seeded generator, then one uniform per token."""
+    model, K, T = tiny_model(False), 4, 12
+    x = torch.randint(0, 50, (3, T), generator=torch.Generator().manual_seed(5))
+    maskable = torch.zeros(3, T, dtype=torch.bool)
+    maskable[:, 4:] = True  # a context of 4, a continuation of 8
+    with torch.no_grad():
+        nats = train_diffusion.masked_elbo(model, x, maskable, [11, 12, 13], K, 5)
+        for row, seed in enumerate([11, 12, 13]):
+            gen = torch.Generator().manual_seed(seed)
+            u = torch.rand(1, generator=gen).item()
+            uniforms = torch.rand(K, T, generator=gen)
+            total = 0.0
+            for k in range(K):
+                t = 1e-3 + (1 - 1e-3) * (k + u) / K
+                masked = (uniforms[k] < t) & maskable[row]
+                logp = torch.log_softmax(model(torch.where(masked, 50, x[row])[None])[0], -1)
+                total += -logp[masked, x[row][masked]].sum().item() / t
+            assert math.isclose(nats[row].item(), total / K, rel_tol=1e-5)
+
+
 def test_validation_elbo_is_an_unbiased_estimate_of_the_training_loss():
     """The ELBO's estimate from many stratified t must agree with the mean training loss on the same window."""
     model = tiny_model(False)

@@ -1,5 +1,5 @@
+import pytest
 import torch
-import torch.nn.functional as F
 
 from model import KVCache, ModelConfig, Transformer
 
@@ -22,17 +22,24 @@ def test_causal_logits_ignore_future_tokens_bidirectional_do_not():
         assert not torch.allclose(a[:, 8:], b[:, 8:])
 
 
-def test_vocab_padded_and_mask_padding_never_predicted():
+def test_the_input_vocab_is_padded_and_the_output_has_no_column_for_mask_or_padding():
     model = tiny_model(False)
     config = model.config
     assert config.mask_id == 100 and config.vocab_size % 64 == 0 and config.vocab_size >= 101
+    assert model.embed.weight.shape[0] == config.vocab_size  # [MASK] and padding are inputs
     logits = model(torch.randint(0, 101, (3, 10)))
-    assert logits.shape[-1] == config.vocab_size
-    assert torch.isinf(logits[..., 100:]).all() and (logits[..., 100:] < 0).all()
-    assert torch.isfinite(logits[..., :100]).all()
-    assert (logits.argmax(-1) < 100).all()
-    probs = F.softmax(logits, -1)
-    assert probs[..., 100:].sum() == 0
+    assert logits.shape == (3, 10, 100) and torch.isfinite(logits).all()  # ... but never an output
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_logits_at_chosen_positions_equal_the_full_logits_there(causal):
+    model = tiny_model(causal)
+    idx = torch.randint(0, 101, (3, 12), generator=torch.Generator().manual_seed(1))
+    chosen = torch.rand(3, 12, generator=torch.Generator().manual_seed(2)) < 0.4
+    full, some = model(idx), model(idx, positions=chosen)
+    assert some.shape == (int(chosen.sum()), 100)
+    torch.testing.assert_close(some, full[chosen], atol=1e-6, rtol=1e-6)
+    assert model(idx, positions=torch.zeros_like(chosen)).shape == (0, 100)
 
 
 def test_kv_cache_matches_full_forward_chunk_by_chunk():
@@ -54,11 +61,11 @@ def test_parameter_count_matches_the_architecture():
     expected = c.vocab_size * d + L * (4 * d * d + 3 * d * h + 2 * d) + d
     assert model.num_params() == expected
     # training FLOPs per token (PaLM's count): 6 per non-embedding parameter, counted here from the modules (the
-    # matrices and the norm gains), plus the tied output projection's V x d; attention's scores and weighted sum,
+    # matrices and the norm gains), plus the tied output projection's n_vocab x d; attention's scores and weighted sum,
     # 2 x T x d FLOPs each per layer forward, times 3 for the backward
     matrices = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     gains = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "RMSNorm")
-    assert model.flops_per_token() == 6 * (matrices + gains + c.vocab_size * d) + 3 * 2 * 2 * L * c.block_size * d
+    assert model.flops_per_token() == 6 * (matrices + gains + c.n_vocab * d) + 3 * 2 * 2 * L * c.block_size * d
 
 
 def test_longer_than_context_is_an_error():
