@@ -8,6 +8,7 @@ Training throughput of both scripts' steps (forward, loss, backward, AdamW) at a
 Prints tokens/s per kind (and MFU on GPUs of known peak). Timing excludes `warmup` steps (compilation).
 """
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from trainer import make_optimizer, step_generator  # noqa: E402
 class BenchConfig(ModelShape):
     block_size: int = option(128, low=1)
     batch_size: int = option(16, low=1)
+    # timed steps per round; the figure is the median round's, so that a busy moment of the machine does not count
     steps: int = option(20, low=1)
+    rounds: int = option(1, low=1)
     warmup: int = option(3, low=0)
     device: str = "auto"
     dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -37,8 +40,8 @@ class BenchConfig(ModelShape):
 
 
 def bench(kind, script, config, device, dtype):
-    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of config.steps training steps after
-    config.warmup; experiments/sweep.py's measured plan uses it too."""
+    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of the median of config.rounds rounds of
+    config.steps training steps, after config.warmup; experiments/sweep.py's measured plan uses it too."""
     torch.manual_seed(0)
     model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
@@ -59,16 +62,18 @@ def bench(kind, script, config, device, dtype):
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(config.warmup):
         step(i).item()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(config.steps):
-        loss = step(config.warmup + i)
-    loss.item()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    tokens_per_s = config.steps * config.batch_size * config.block_size / dt
+    seconds = []
+    for r in range(config.rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(config.steps):
+            loss = step(config.warmup + r * config.steps + i)
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+    tokens_per_s = config.steps * config.batch_size * config.block_size / statistics.median(seconds)
     peak = peak_flops(device)
     mfu = f"{100 * model.flops_per_token() * tokens_per_s / peak:.1f}%" if peak else "-"
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -86,7 +91,7 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name} | dtype {str(dtype).replace('torch.', '')} | compile {config.compile} | "
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, context {config.block_size}, "
-          f"vocab {config.n_vocab}, batch {config.batch_size}, {config.steps} timed steps")
+          f"vocab {config.n_vocab}, batch {config.batch_size}, median of {config.rounds} round(s) of {config.steps} steps")
     print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7}")
     for kind in config.kinds.split(","):
         script = {"ar": train_ar, "diffusion": train_diffusion}[kind]

@@ -273,12 +273,12 @@ def test_a_checkpoint_of_another_version_is_refused_in_one_line_naming_its_optio
 
 
 def test_a_diverging_run_never_saves_non_finite_weights_and_its_last_good_checkpoint_samples(data_dir, tmp_path):
-    """An absurd learning rate: the weights overflow after one step while that step's loss was still finite, so the
-    check before each save must look at the weights too."""
+    """A learning rate past float32's range: the weights are not finite after one step while that step's loss was
+    still finite, so the check before each save must look at the weights too."""
     import sample
     out = str(tmp_path / "run")
-    diverging = ["--lr=1e30", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
-    with pytest.raises(UserError, match="not finite: stopped; the last good checkpoint in .* is kept"):
+    diverging = ["--lr=1e39", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
+    with pytest.raises(UserError, match="the weights are not finite: stopped; the last good checkpoint in .* is kept"):
         train("ar", data_dir, out, *diverging)
     for name in ("ckpt.pt", "best.pt"):
         ckpt = load_checkpoint(os.path.join(out, name))

@@ -64,7 +64,7 @@ def test_parameter_count_matches_the_architecture():
     # matrices and the norm gains), plus the tied output projection's n_vocab x d; attention's scores and weighted sum,
     # 2 x T x d FLOPs each per layer forward, times 3 for the backward
     matrices = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    gains = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "RMSNorm")
+    gains = sum(p.numel() for name, p in model.named_parameters() if name.endswith("norm_gain"))
     assert model.flops_per_token() == 6 * (matrices + gains + c.n_vocab * d) + 3 * 2 * 2 * L * c.block_size * d
 
 
@@ -76,3 +76,37 @@ def test_longer_than_context_is_an_error():
         assert "context" in str(e)
     else:
         raise AssertionError("expected an error")
+
+
+def test_rms_norm_and_its_hand_written_gradient_match_the_formula():
+    """The forward is x / sqrt(mean(x^2) + eps); the backward, written out by hand, is checked against finite
+    differences in float64."""
+    from model import rms_norm
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(rms_norm(x), expected)
+    assert torch.autograd.gradcheck(lambda z: rms_norm(z), (x,))
+
+
+def test_rope_rotates_each_channel_pair_by_its_positions_angle_so_scores_depend_on_distance_only():
+    from model import apply_rope, rope_rotations
+    T, H, hd, theta = 6, 2, 8, 10000.0
+    x = torch.randn(1, T, H, hd)
+    rotated = apply_rope(x, rope_rotations(hd, T, theta))
+    for pos in range(T):
+        for j in range(hd // 2):
+            angle = torch.tensor(pos * theta ** (-2 * j / hd))
+            a, b = x[0, pos, :, 2 * j], x[0, pos, :, 2 * j + 1]
+            torch.testing.assert_close(rotated[0, pos, :, 2 * j], a * angle.cos() - b * angle.sin())
+            torch.testing.assert_close(rotated[0, pos, :, 2 * j + 1], a * angle.sin() + b * angle.cos())
+    # the same q and k at positions (1, 3) and (2, 4): the same score
+    q, k = torch.randn(hd), torch.randn(hd)
+    rows = apply_rope(torch.stack([q, k, q, k])[None, None].expand(1, T, 4, hd).contiguous(), rope_rotations(hd, T, theta))
+    assert torch.allclose(rows[0, 1, 0] @ rows[0, 3, 1], rows[0, 2, 2] @ rows[0, 4, 3], atol=1e-5)
+
+
+def test_the_norm_gains_are_trained_though_folded_into_the_matrices():
+    model = tiny_model(True)
+    model(torch.randint(0, 100, (2, 10))).sum().backward()
+    gains = [p for name, p in model.named_parameters() if name.endswith("norm_gain")]
+    assert len(gains) == 2 * model.config.n_layer + 1 and all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
