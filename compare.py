@@ -2,7 +2,7 @@
 Compare training runs: a table of best and final validation loss, and a plot of validation loss vs epoch.
 
     python compare.py out/ar out/diffusion                   # table, verdict, out/compare.png (with matplotlib)
-    python compare.py out/sweep/* --plot=out/sweep.png --logx
+    python compare.py out/sweep/* --plot=out/sweep.png --xscale=log
 
 AR's number is its exact NLL; diffusion's is the ELBO, an upper bound on its NLL, so diffusion below AR means
 diffusion's true NLL is lower still. Units: nats/token (and bits/byte for byte-tokenized data).
@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from cli import UserError, parse_args, run_cli
+from cli import UserError, option, parse_args, run_cli
 
 COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
           "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
@@ -136,9 +136,23 @@ def verdict(rows):
     return "\n".join(lines)
 
 
-def plot(rows, path, logx=False):
+def run_label(r):
+    """A run's name, with its kind when the name does not say it."""
+    return r["run"] if r["kind"] in r["run"].lower() else f"{r['run']} ({r['kind']})"
+
+
+def log_epochs(rows, xscale):
+    """Whether the epoch axis is logarithmic: asked for, or (auto) when the runs' lengths differ fivefold or more,
+    so that AR's few epochs and diffusion's hundreds can both be read."""
+    if xscale != "auto":
+        return xscale == "log"
+    lengths = [r["epochs"] for r in rows if r["epochs"] > 0]
+    return len(lengths) > 1 and max(lengths) >= 5 * min(lengths)
+
+
+def plot(rows, path, xscale="auto"):
     """Validation loss vs epoch, all runs on one axis; train loss dashed (up to 6 runs: more would hide the
-    validation curves). Returns False without matplotlib."""
+    validation curves); a second panel with the multiple-choice accuracy. Returns False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -150,7 +164,7 @@ def plot(rows, path, logx=False):
     fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=((14 if with_acc else 8) + (6 if many else 0), 5),
                              squeeze=False)
     legend = dict(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)) if many else dict(fontsize=8)
-    ax = axes[0][0]
+    ax, shown = axes[0][0], []  # shown: the loss values drawn, for the axis limits
     used = {"ar": 0, "diffusion": 0}
     for r in rows:
         color = COLORS[r["kind"]][used[r["kind"]] % 5]
@@ -158,34 +172,33 @@ def plot(rows, path, logx=False):
         if with_acc:
             scored = [(x["epoch"], x["mc_accuracy"]) for x in r["records"] if x.get("mc_accuracy") is not None]
             if scored:
-                axes[0][1].plot(*zip(*scored), color=color, marker=".", label=f"{r['run']} ({r['kind']})")
+                axes[0][1].plot(*zip(*scored), color=color, marker=".", label=run_label(r))
         epochs = [x["epoch"] for x in r["records"]]
         ax.plot(epochs, [x["val_loss"] for x in r["records"]], color=color, marker=".",
-                label=f"{r['run']} ({r['kind']}) val, best {r['best_val']:.3f}")
+                label=f"{run_label(r)} val, best {r['best_val']:.3f}")
+        shown += [x["val_loss"] for x in r["records"][1:]]  # the untrained first evaluation would squash the rest
         train = [(x["epoch"], x["train_loss"]) for x in r["records"] if x["train_loss"] is not None]
         if train and not many:
-            ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{r['run']} train")
+            ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{run_label(r)} train")
+            shown += [loss for _, loss in train]
+    log_x = log_epochs(rows, xscale)
+    for a in axes[0]:
+        if log_x:  # linear below one epoch, logarithmic above: epoch 0 stays on the axis
+            a.set_xscale("symlog", linthresh=1)
+            a.set_xlim(left=0)
+        a.set_xlabel("epoch (passes over the unique tokens)" + (", log scale" if log_x else ""))
+        a.grid(alpha=0.3)
     if with_acc:
         acc_ax = axes[0][1]
         acc_ax.axhline(0.25, color="grey", linestyle=":", label="chance")
-        acc_ax.set_xlabel("epoch")
         acc_ax.set_ylabel("multiple-choice continuation accuracy")
         acc_ax.set_title("downstream: accuracy vs epoch")
-        acc_ax.grid(alpha=0.3)
         acc_ax.legend(**legend)
-        if logx:
-            acc_ax.set_xscale("symlog", linthresh=1)
-            acc_ax.set_xlim(left=0)  # symlog's automatic margin would show negative epochs
-    if logx:
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlim(left=0)
     unit = "nats/token (bytes: nats/byte)" if all(r["bits_per_byte"] for r in rows) else "nats/token"
-    ax.set_xlabel("epoch (passes over the unique tokens)")
     ax.set_ylabel(f"loss, {unit}; diffusion: ELBO bound")
-    finals = [x["val_loss"] for r in rows for x in r["records"][1:]]
-    if finals:
-        ax.set_ylim(min(finals) * 0.95, min(max(finals) * 1.05, min(finals) * 2.5))
-    ax.grid(alpha=0.3)
+    if shown:
+        low, high = min(shown), max(shown)
+        ax.set_ylim(low - 0.05 * (high - low), min(high, 2.5 * low) + 0.05 * (high - low))
     ax.legend(**legend)
     ax.set_title("AR vs masked diffusion on repeated data")
     fig.tight_layout()
@@ -197,7 +210,8 @@ def plot(rows, path, logx=False):
 @dataclass
 class CompareConfig:
     plot: str = os.path.join("out", "compare.png")  # where the PNG goes
-    logx: bool = False  # epochs on a log axis
+    # the epoch axis: auto is logarithmic when the runs' lengths differ fivefold or more
+    xscale: str = option("auto", choices=("auto", "linear", "log"))
     no_plot: bool = False  # the table only
 
 
@@ -208,7 +222,7 @@ def main(argv=None):
     options = CompareConfig()
     parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)
     if not folders:
-        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--logx]")
+        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--xscale=log]")
     rows = [summarize(folder) for folder in folders]
     check_one_tokenizer(rows)
     print(format_table(rows))
@@ -218,7 +232,7 @@ def main(argv=None):
     path = options.plot
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        drawn = plot(rows, path, logx=options.logx)
+        drawn = plot(rows, path, xscale=options.xscale)
     except OSError as e:
         raise UserError(f"--plot {path}: cannot write it ({e.strerror}): choose another path") from None
     if drawn:

@@ -469,7 +469,7 @@ def main(argv=None):
         print(f"time budget spent ({config.time_budget_s:g}s): {len(unfinished)} run(s) not finished; run the same "
               f"command again to continue them")
         return None
-    rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--logx"])
+    rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
     print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
     print(f"sweep done in {fmt_time(time.time() - t_start)}")
     return rows

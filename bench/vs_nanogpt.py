@@ -1,0 +1,103 @@
+"""
+Training speed at equal size against nanoGPT's model, in one process, the steps interleaved.
+
+    git clone https://github.com/karpathy/nanoGPT ../nanoGPT    # once, anywhere
+    python bench/vs_nanogpt.py --nanogpt=../nanoGPT/model.py     # 4 x 128, context 128, batch 16, byte vocabulary
+
+Each round times a few training steps (forward, loss, backward, clip, AdamW, on the same random batch) of nanoGPT's
+GPT, then of this project's AR and diffusion models, so a busy moment of the machine slows all three alike; the
+figures are the medians over the rounds. nanoGPT's model is imported from the file given, as its own train.py builds
+it (no bias, no dropout, its configure_optimizers); this project's as bench/throughput.py builds it.
+"""
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_ar  # noqa: E402
+import train_diffusion  # noqa: E402
+from shape import ModelShape, random_model  # noqa: E402
+from cli import UserError, option, parse_args, run_cli  # noqa: E402
+from config import TrainConfig  # noqa: E402
+from trainer import make_optimizer, step_generator  # noqa: E402
+
+
+@dataclass
+class VersusConfig(ModelShape):
+    nanogpt: str = ""  # path to nanoGPT's model.py
+    block_size: int = option(128, low=1)
+    batch_size: int = option(16, low=1)
+    steps: int = option(5, low=1)  # timed steps of each model per round
+    rounds: int = option(20, low=1)
+
+
+def nanogpt_step(path, config, windows):
+    """One training step of nanoGPT's GPT at config's shape, as its train.py runs it on a CPU."""
+    if not os.path.isfile(path):
+        raise UserError(f"--nanogpt {path or '(empty)'}: give the path of nanoGPT's model.py (git clone "
+                        f"https://github.com/karpathy/nanoGPT)")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.GPT(module.GPTConfig(block_size=config.block_size, vocab_size=config.n_vocab,
+                                        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                        dropout=0.0, bias=False))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    def step(i):
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def our_step(script, config, windows):
+    torch.manual_seed(0)
+    model = random_model(config, script.CAUSAL, torch.device("cpu"))
+    optimizer = make_optimizer(model, TrainConfig(), "cpu")
+
+    def step(i):
+        loss = script.training_loss(model, windows, model.config.mask_id, step_generator(0, i, 0), (0, 1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def main():
+    config = VersusConfig()
+    parse_args(sys.argv[1:], config, doc=__doc__)
+    windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1),
+                            generator=torch.Generator().manual_seed(0))
+    steps = {"nanoGPT": nanogpt_step(config.nanogpt, config, windows), "ar": our_step(train_ar, config, windows),
+             "diffusion": our_step(train_diffusion, config, windows)}
+    seconds = {name: [] for name in steps}
+    for r in range(config.rounds):
+        for name, step in steps.items():
+            step(0)  # one untimed step: the allocator and caches warm for this model
+            t0 = time.perf_counter()
+            for i in range(config.steps):
+                step(i)
+            seconds[name].append((time.perf_counter() - t0) / config.steps)
+    tokens = config.batch_size * config.block_size
+    print(f"cpu, {torch.get_num_threads()} threads | float32 | {config.n_layer} layers x {config.n_embd}, "
+          f"{config.n_head} heads, context {config.block_size}, vocab {config.n_vocab}, batch {config.batch_size} | "
+          f"median of {config.rounds} rounds of {config.steps} steps each")
+    base = statistics.median(seconds["nanoGPT"])
+    for name, values in seconds.items():
+        step_s = statistics.median(values)
+        print(f"{name:<10} {1e3 * step_s:7.1f} ms/step {tokens / step_s:>10,.0f} tokens/s {base / step_s:6.2f}x nanoGPT")
+
+
+if __name__ == "__main__":
+    run_cli(main)
