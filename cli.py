@@ -3,6 +3,7 @@ The command line, once for every script: `--key=value` or `--key value` override
 and one-line errors for bad input (UserError) instead of tracebacks.
 """
 import difflib
+import errno
 import math
 import os
 import sys
@@ -24,9 +25,11 @@ def run_cli(main, interrupted="interrupted"):
         print(interrupted, file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # read-only, not a directory, disk full...: the path and the reason, not a traceback
-        if e.filename is None:
+        if e.filename is None and e.errno != errno.ENOSPC:
             raise
-        sys.exit(f"error: {e.filename}: {e.strerror or e}")
+        where = f"{e.filename}: " if e.filename else ""
+        advice = ": free some space, or write elsewhere" if e.errno == errno.ENOSPC else ""
+        sys.exit(f"error: {where}{e.strerror or e}{advice}")
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

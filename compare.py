@@ -202,8 +202,14 @@ def plot(rows, path, xscale="auto"):
     ax.legend(**legend)
     ax.set_title("AR vs masked diffusion on repeated data")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # written whole, then renamed: a failed write leaves no empty picture
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return True
 
 

@@ -11,7 +11,7 @@ import torch
 
 from cli import UserError
 from config import saved_config
-from tokenizer import portable_meta, same_tokenizer
+from tokenizer import meta_problem, portable_meta, same_tokenizer
 
 
 def load_meta(data_dir):
@@ -22,13 +22,12 @@ def load_meta(data_dir):
     try:
         with open(path) as f:
             meta = json.load(f)
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON: re-run prepare_data.py") from None
-    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int, "sha256": str}
-    wrong = [key for key, kind in expected.items() if not isinstance(meta, dict) or not isinstance(meta.get(key), kind)]
-    if wrong:
-        raise UserError(f"{path} lacks {', '.join(wrong)} (or holds the wrong type): it was not written by this "
-                        f"project's prepare_data.py; re-run it")
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    problem = "is not valid JSON" if meta is None else meta_problem(meta)
+    if problem:
+        raise UserError(f"{path} {problem}: the folder is damaged or not this project's; prepare it again with "
+                        f"prepare_data.py and --overwrite")
     return meta
 
 

@@ -22,8 +22,13 @@ def take_lock(path, folder):
     release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
     a UserError that names it."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(this_process(), f)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(this_process(), f)
+    except BaseException:  # a full disk: no empty lock file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     try:
         while True:
             try:
@@ -32,8 +37,7 @@ def take_lock(path, folder):
             except FileExistsError:
                 holder = lock_holder(path)
                 if holder is not None:
-                    raise UserError(f"{folder} is in use by process {holder['pid']} on {holder['host']} (since "
-                                    f"{holder.get('since', '?')}): wait for it to end, or stop it first") from None
+                    raise UserError(f"{folder} is in use by {holder_text(holder, path)}") from None
                 print(f"note: {folder} was locked by a process that has ended: taking the lock over")
                 try:
                     os.remove(path)
@@ -46,13 +50,34 @@ def take_lock(path, folder):
 
 
 def this_process():
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "started": process_start(os.getpid()), "boot": boot_id()}
+
+
+def process_start(pid):
+    """When process `pid` started, in clock ticks since boot (Linux's /proc; None elsewhere or if it is gone): with
+    the pid, it names one process, so a pid the system has since given to another process is not taken as the
+    writer."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name in parentheses
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def lock_holder(path):
-    """The live process that holds a lock file ({pid, host, since}), or None when it is stale: its process ended,
-    or it is this process's own (a run before, in the same Python), or it is not a lock this project wrote (locks
-    are created whole)."""
+    """The live process that holds a lock file ({pid, host, since, ...}), or None when it is stale: its process ended
+    (or its pid now names another process, or the machine rebooted since), or it is this process's own (a run
+    before, in the same Python), or it is not a lock this project wrote (locks are created whole). Another
+    machine's process cannot be checked: it is taken to be alive."""
     try:
         with open(path) as f:
             holder = json.load(f)
@@ -60,8 +85,8 @@ def lock_holder(path):
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if host != socket.gethostname():
-        return holder  # another machine's process: it cannot be checked, so it is taken to be alive
-    if pid == os.getpid():
+        return holder
+    if pid == os.getpid() or (holder.get("boot") and boot_id() and holder["boot"] != boot_id()):
         return None
     try:
         os.kill(pid, 0)
@@ -69,7 +94,28 @@ def lock_holder(path):
         return None
     except PermissionError:  # alive, someone else's
         pass
+    if holder.get("started") is not None and process_start(pid) not in (None, holder["started"]):
+        return None  # the pid was reused by a process that started later
     return holder
+
+
+def age_text(seconds):
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def holder_text(holder, path):
+    """Who holds a lock, since when, and the way out, in words."""
+    since = holder.get("since", "?")
+    try:
+        since += f", {age_text(time.time() - time.mktime(time.strptime(since, '%Y-%m-%d %H:%M:%S')))} ago"
+    except (ValueError, OverflowError):
+        pass
+    if holder["host"] != socket.gethostname():  # a shared or copied disk, a recycled Colab runtime
+        return (f"process {holder['pid']} on another machine, {holder['host']} (since {since}): it cannot be checked "
+                f"from here; if it no longer runs there, remove {path} and run this again")
+    return f"process {holder['pid']} on this machine (since {since}): wait for it to end, or stop it (kill {holder['pid']})"
 
 
 def release_lock(path):
@@ -207,8 +253,7 @@ def hold_data(data_dir):
     folder is not marked. Returns the mark's path, for release_lock."""
     holder = lock_holder(data_lock(data_dir)) if os.path.exists(data_lock(data_dir)) else None
     if holder is not None:
-        raise UserError(f"{data_dir} is being prepared by process {holder['pid']} on {holder['host']}: wait for "
-                        f"it to end")
+        raise UserError(f"{data_dir} is being prepared by {holder_text(holder, data_lock(data_dir))}")
     path = os.path.join(data_dir, ".readers", f"{socket.gethostname()}-{os.getpid()}")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -221,7 +266,8 @@ def hold_data(data_dir):
 
 
 def data_readers(data_dir):
-    """The live processes that hold data_dir (hold_data), as {pid, host, since}."""
+    """The live processes that hold data_dir (hold_data), as {pid, host, since, ..., path: the mark's file}."""
     folder = os.path.join(data_dir, ".readers")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    return [holder for holder in (lock_holder(os.path.join(folder, name)) for name in names) if holder is not None]
+    marks = [(os.path.join(folder, name), lock_holder(os.path.join(folder, name))) for name in names]
+    return [dict(holder, path=path) for path, holder in marks if holder is not None]

@@ -13,12 +13,14 @@ English), and `python`, the running interpreter's standard-library source (~12 M
 into train and val by whole files, each ending with an end-of-text token). A `bpe` tokenizer is trained on the
 train split only and saved beside the data (tokenizer.py).
 """
+import errno
 import gzip
 import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 import sys
 import sysconfig
 import time
@@ -28,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cli import UserError, option, parse_args, run_cli
-from folders import (data_lock, data_readers, finish_switch, put_in_place, release_lock, settle_replacement,
-                     take_lock)
-from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
+from folders import (data_lock, data_readers, finish_switch, holder_text, put_in_place, release_lock,
+                     settle_replacement, take_lock)
+from tokenizer import RANKS_FILE, eot_id_for, make_encoding, meta_problem, save_ranks, train_bpe
 
 
 @dataclass
@@ -307,7 +309,8 @@ def prepared_from(out_dir):
         sizes_ok = all(os.path.getsize(os.path.join(out_dir, f"{split}.bin")) == 2 * meta[f"{split}_tokens"]
                        for split in ("train", "val"))
         ranks_ok = meta["tokenizer"] != "bpe" or os.path.isfile(os.path.join(out_dir, meta["ranks_file"]))
-        return meta.get("inputs_sha256") if sizes_ok and ranks_ok else None
+        whole = sizes_ok and ranks_ok and meta_problem(meta) is None  # training would read it as it is
+        return meta.get("inputs_sha256") if whole else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -321,8 +324,8 @@ def check_replaceable(out_dir, overwrite):
                         f"folder): replace it with --overwrite, or choose another --name")
     readers = data_readers(out_dir)
     if readers:
-        raise UserError(f"{out_dir} is read by a training run (process {readers[0]['pid']} on {readers[0]['host']},"
-                        f" since {readers[0].get('since', '?')}): wait for it to end before replacing the data")
+        raise UserError(f"{out_dir} is read by a training run, {holder_text(readers[0], readers[0]['path'])}, "
+                        f"before replacing the data")
 
 
 def main(argv=None):
@@ -359,8 +362,18 @@ def main(argv=None):
         check_replaceable(out_dir, args.overwrite)
         t0 = time.time()
         new = f"{out_dir}.new"  # written whole beside the old folder, then renamed into its place
-        meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
-                       args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
+        try:
+            meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
+                           args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
+        except BaseException as e:  # a full disk, Ctrl-C: no half-written folder is left beside the old one
+            shutil.rmtree(new, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                text_bytes = sum(len(d.encode()) for d in (train_docs, val_docs) for d in ([d] if isinstance(d, str)
+                                                                                        else d))
+                raise UserError(f"{new}: the disk is full (the token files need up to {2 * text_bytes / 2**20:,.1f} "
+                                f"MB, {shutil.disk_usage(args.data_dir).free / 2**20:,.1f} MB are free): free some "
+                                f"space or choose another --data_dir") from None
+            raise
         put_in_place(new, out_dir)
     finally:
         release_lock(lock)

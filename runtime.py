@@ -4,7 +4,9 @@ checkpoints (saved whole, loaded with checks) and --resume's rules. Shared by tr
 experiment scripts.
 """
 import contextlib
+import errno
 import os
+import shutil
 
 import torch
 import torch.distributed as dist
@@ -12,6 +14,7 @@ import torch.distributed as dist
 from cli import UserError
 from config import RESUME_MAY_CHANGE, saved_config
 from model import ModelConfig, Transformer
+from tokenizer import meta_problem
 
 
 # ----------------------------------------------------------------------------- device, number format, processes
@@ -153,15 +156,31 @@ def every_rng_state(device, world_size):
 
 def atomic_save(obj, path):
     """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact. The temporary name
-    is this process's own, and an error or Ctrl-C mid-save removes it."""
+    is this process's own, and an error or Ctrl-C mid-save removes it; a full disk is one line (a UserError)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        needed, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (isinstance(e, RuntimeError) and free < needed):
+            raise UserError(f"{path}: the disk is full (the file needs about {needed / 2**20:,.1f} MB, "
+                            f"{free / 2**20:,.1f} MB are free): free some space or choose another --out_dir; the "
+                            f"previous {os.path.basename(path)} is kept") from None
         raise
+
+
+def tensor_bytes(obj):
+    """The bytes of every tensor in a nest of dicts, lists and tuples (what torch.save writes, near enough)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path):
@@ -177,6 +196,14 @@ def load_checkpoint(path):
         raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("ar", "diffusion") or "model" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no kind/model entries)")
+    missing = [key for key, kind in (("model_args", dict), ("config", dict), ("meta", dict), ("iter", int))
+               if not isinstance(ckpt.get(key), kind)]
+    problem = f"lacks {', '.join(missing)}" if missing else meta_problem(ckpt["meta"])
+    if not problem and ckpt["meta"]["tokenizer"] == "bpe" and not isinstance(ckpt["meta"].get("ranks_text"), str):
+        problem = "lacks its BPE ranks (meta's ranks_text)"
+    if problem:
+        raise UserError(f"{path} is not a whole checkpoint of this version ({'its meta ' if not missing else ''}"
+                        f"{problem}): use the run's other checkpoint, or train it again")
     return ckpt
 
 
@@ -198,12 +225,14 @@ def load_weights(model, ckpt, path):
         raise UserError(f"{path}: its weights do not fit its model ({first.rstrip('.')})") from None
 
 
-def save_checkpoint(out_dir, header, best, training):
+def save_checkpoint(folder, header, best, training):
     """best.pt (when the run improved since the last save: its weights waited in memory), then ckpt.pt: everything
-    --resume needs to continue exactly. `header` (kind, model_args, config, meta) goes into both."""
+    --resume needs to continue exactly, into the folders.RunFolder's current folder; then folder.checkpointed(), where
+    an --overwrite's new run takes out_dir's place. `header` (kind, model_args, config, meta) goes into both files."""
     if best is not None:
-        atomic_save(dict(header, **best), os.path.join(out_dir, "best.pt"))
-    atomic_save(dict(header, **training), os.path.join(out_dir, "ckpt.pt"))
+        atomic_save(dict(header, **best), os.path.join(folder.path, "best.pt"))
+    atomic_save(dict(header, **training), os.path.join(folder.path, "ckpt.pt"))
+    folder.checkpointed()
 
 
 def checkpoint_to_resume(config, given, kind):

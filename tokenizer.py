@@ -11,6 +11,8 @@ Data with document boundaries (the Python-source corpus) ends every document wit
 follows the tokenizer's own (GPT-2's 50256 already is one); meta.json records it as `eot_id`.
 """
 import base64
+import binascii
+import hashlib
 import heapq
 import os
 from collections import Counter
@@ -129,9 +131,18 @@ def save_ranks(ranks, path):
 
 
 def ranks_from_text(text):
-    """Parse a ranks file's text. Same format as tiktoken.load.load_tiktoken_bpe, which would also cache a local
-    file under its path's name (a retrained file at the same path would come back stale)."""
-    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines() if line)}
+    """Parse a ranks file's text (a UserError if it is not one). Same format as tiktoken.load.load_tiktoken_bpe, which
+    would also cache a local file under its path's name (a retrained file at the same path would come back stale)."""
+    try:
+        ranks = {base64.b64decode(token, validate=True): int(rank)
+                 for token, rank in (line.split() for line in text.splitlines() if line)}
+    except (ValueError, binascii.Error):
+        raise UserError("the BPE ranks file is damaged (each line must be a base64 token and its rank): prepare the "
+                        "data again with prepare_data.py --overwrite") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
+        raise UserError("the BPE ranks file is damaged (its ranks are not 0 ... n-1 over at least the 256 bytes): "
+                        "prepare the data again with prepare_data.py --overwrite")
+    return ranks
 
 
 # ----------------------------------------------------------------------------- encodings
@@ -170,10 +181,36 @@ def portable_meta(meta, data_dir):
     if meta["tokenizer"] != "bpe" or "ranks_text" in meta:
         return meta
     path = os.path.join(data_dir, meta.get("ranks_file", RANKS_FILE))
-    if not os.path.isfile(path):
-        raise UserError(f"{path} is missing: re-run prepare_data.py --tokenizer bpe")
-    with open(path) as f:
-        return dict(meta, ranks_text=f.read())
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__}): prepare the "
+                        f"data again with prepare_data.py --overwrite") from None
+    if hashlib.sha256(text.encode()).hexdigest() != meta.get("ranks_sha256"):
+        raise UserError(f"{path} is not the tokenizer that made this data (its sha256 differs from meta.json's "
+                        f"ranks_sha256): prepare the data again with prepare_data.py --overwrite")
+    return dict(meta, ranks_text=text)
+
+
+def meta_problem(meta):
+    """What is wrong with a data folder's meta.json (as prepare_data.py writes it), or None: both prepare_data.py
+    (before it keeps a folder) and training (before it reads one) ask."""
+    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int, "sha256": str}
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    wrong = [key for key, kind in expected.items() if not isinstance(meta.get(key), kind)
+             or isinstance(meta.get(key), bool)]
+    if wrong:
+        return f"lacks {', '.join(wrong)} (or holds the wrong type)"
+    if meta["tokenizer"] not in ("bytes", "bpe", "gpt2"):
+        return f"names an unknown tokenizer '{meta['tokenizer']}' (bytes, bpe or gpt2)"
+    if meta["tokenizer"] == "bpe" and not isinstance(meta.get("ranks_sha256"), str):
+        return "lacks the BPE ranks file's ranks_sha256"
+    empty = [split for split in ("train", "val") if meta[f"{split}_tokens"] < 2]
+    if empty or meta["n_vocab"] < 1:
+        return f"says its {' and '.join(empty) or 'vocabulary'} {'split holds' if empty else 'holds'} no tokens"
+    return None
 
 
 def same_tokenizer(meta, other):

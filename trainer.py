@@ -92,7 +92,9 @@ def wrap_model(model, config, rank, world_size, device):
     wrapped = torch.compile(model) if config.compile else model
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+        # the one buffer is RoPE's constant table: nothing to broadcast at every step
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=False)
     return wrapped
 
 
@@ -164,6 +166,27 @@ class LoopState:
     elapsed_before: float = 0.0  # seconds trained before this process started (a resumed run)
 
 
+def iteration_plan(config, n_windows, world_size):
+    """(windows per micro-step over all processes, windows per optimizer step, iterations, iterations between
+    evaluations)."""
+    micro_rows = config.batch_size * world_size
+    global_batch = micro_rows * config.grad_accum
+    total_iters = config.max_iters or math.ceil(config.epochs * n_windows / global_batch)
+    eval_interval = max(round(config.eval_epochs * n_windows / global_batch), 1) if config.eval_epochs \
+        else config.eval_interval
+    return micro_rows, global_batch, total_iters, eval_interval
+
+
+def start_state(ckpt, scaler, rank, device):
+    """A fresh LoopState, or a resumed run's with its generators and loss scale restored. Its train_loss_sum lives on
+    the device between evaluations, so the CPU runs ahead of the GPU instead of waiting at every step."""
+    state = LoopState(**ckpt["state"]) if ckpt is not None else LoopState()
+    if ckpt is not None:
+        runtime.restore_random_state(ckpt, scaler, rank, device)
+    state.train_loss_sum = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=device)
+    return state
+
+
 def eval_due(state, eval_interval, total_iters):
     """Every eval_interval iterations and at the end; a resumed run's first evaluation was logged before its
     checkpoint."""
@@ -188,12 +211,14 @@ def out_of_time(state, start_iter, t_start, total_iters, config, device, world_s
     return runtime.rank0_says(time.time() - t_start >= config.stop_after_s, device, world_size)
 
 
-def eval_record(state, val_loss, kind, meta, config, total_iters, train_windows, n_params, seconds):
-    """One line of log.jsonl: the evaluation at state.iter (before the state takes it in)."""
+def eval_record(state, val_loss, grad_norm, kind, meta, config, total_iters, train_windows, n_params, seconds):
+    """One line of log.jsonl: the evaluation at state.iter (before the state takes it in); grad_norm is the last
+    step's gradient norm before clipping (None before the first step of this process)."""
     count = state.train_loss_count
     record = {"iter": state.iter, "epoch": round(state.windows_seen / train_windows.n, 4),
               "tokens": state.windows_seen * config.block_size,
               "train_loss": float(state.train_loss_sum) / count if count else None, "val_loss": val_loss,
+              "grad_norm": None if grad_norm is None else float(grad_norm),
               "lr": lr_at(max(state.iter - 1, 0), config, total_iters), "best_val": min(state.best_val, val_loss),
               "kind": kind, "tokenizer": tokenizer_name(meta),
               "elbo_samples": config.elbo_samples if kind == "diffusion" else None,
@@ -244,22 +269,15 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     raw_model, optimizer = build_model(config, meta, causal, device, ckpt)
     model = wrap_model(raw_model, config, rank, world_size, device)
     mask_id, n_params, peak = raw_model.config.mask_id, raw_model.num_params(), runtime.peak_flops(device)
-    micro_rows = config.batch_size * world_size  # one micro-step's windows across all processes
-    my_rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
-    global_batch = micro_rows * config.grad_accum
-    total_iters = config.max_iters or math.ceil(config.epochs * train_windows.n / global_batch)
-    eval_interval = max(round(config.eval_epochs * train_windows.n / global_batch), 1) if config.eval_epochs \
-        else config.eval_interval
+    micro_rows, global_batch, total_iters, eval_interval = iteration_plan(config, train_windows.n, world_size)
+    my_rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)  # this process's rows of a micro-step
     header = {"kind": kind, "model_args": raw_model.model_args(), "config": dataclasses.asdict(config), "meta": meta}
 
-    state = LoopState(**ckpt["state"]) if ckpt is not None else LoopState()
-    if ckpt is not None:
-        runtime.restore_random_state(ckpt, scaler, rank, device)
-    # summed on the device between evaluations, so the CPU runs ahead of the GPU instead of waiting at every step
-    state.train_loss_sum = torch.tensor(state.train_loss_sum, dtype=torch.float64, device=device)
+    state = start_state(ckpt, scaler, rank, device)
     start_iter, saved_iter = state.iter, state.iter if ckpt is not None else -1
     first_nonfinite_iter = torch.tensor(-1, device=device)  # the first non-finite step, kept on the device (no sync)
     best = None  # the best weights, held in memory until the next checkpoint writes them to best.pt
+    grad_norm = None  # the last step's, on the device until an evaluation logs it
     t_start = t_log = time.time()
     iters_since_log = 0
     with folders.RunFolder(config.out_dir, os.path.join(config.data_dir, config.dataset), ckpt and start_iter,
@@ -273,8 +291,8 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
             if evaluated_now:
                 check_finite(first_nonfinite_iter, raw_model, config.out_dir)
                 val_loss = validation_loss(validation_fn, raw_model, val, config, autocast, rank, world_size)
-                record = eval_record(state, val_loss, kind, meta, config, total_iters, train_windows, n_params,
-                                     state.elapsed_before + time.time() - t_start)
+                record = eval_record(state, val_loss, grad_norm, kind, meta, config, total_iters, train_windows,
+                                     n_params, state.elapsed_before + time.time() - t_start)
                 if master and items is not None:  # rank 0 scores them; the others wait at the next step
                     record["mc_accuracy"], record["mc_se"] = choice_accuracy(continuation_nll, raw_model, items,
                                                                              config, autocast)
@@ -298,13 +316,12 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                 rngs = runtime.every_rng_state(device, world_size)
                 saved = dict(dataclasses.asdict(state), train_loss_sum=float(state.train_loss_sum),
                              elapsed_before=state.elapsed_before + time.time() - t_start)
-                if master:
-                    runtime.save_checkpoint(folder.path, header, best, {
+                if master:  # then --overwrite's new run takes out_dir's place (at its first checkpoint)
+                    runtime.save_checkpoint(folder, header, best, {
                         "model": raw_model.state_dict(), "iter": state.iter,
                         "epoch": state.windows_seen / train_windows.n, "best_val": state.best_val,
                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "state": saved,
                         "rng": rngs, "dtype": str(dtype)[len("torch."):]})
-                    folder.checkpointed()  # --overwrite: the new run takes out_dir's place at its first checkpoint
                 best, saved_iter = None, state.iter
             if state.iter >= total_iters or stopping:
                 break
@@ -328,7 +345,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
             first_nonfinite_iter = torch.where((first_nonfinite_iter < 0) & ~torch.isfinite(step_loss), state.iter,
                                                first_nonfinite_iter)
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)  # before clipping
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,8 @@ Peak memory per window of one training step (forward, loss, backward) of each ki
 
 Each batch size runs in a fresh process, so one peak cannot hide another; the figure per window is the slope between
 the smallest and the largest batch (what the model, optimizer and the Python process hold cancels out). On a CPU the
-peak is the process's resident set (ru_maxrss), on a GPU torch's peak allocation.
+peak is the process's resident set (ru_maxrss), on a GPU torch's peak allocation. `saved/window` is exact on any
+device: the bytes autograd keeps for the backward (the activations), the same slope; the resident set is noisy.
 """
 import json
 import os
@@ -50,18 +51,23 @@ def one_step_peak(config, kind, batch):
     autocast, _ = mixed_precision(device, dtype)  # as training runs it
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with autocast:
+    saved = {}  # what autograd keeps for the backward: each storage once (views share one)
+
+    def keep(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+    with autocast, torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
         loss = script.training_loss(model, windows, model.config.mask_id, step_generator(0, 0, 0), (0, 1))
     loss.backward()
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+        return torch.cuda.max_memory_allocated(device), sum(saved.values())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(saved.values())  # ru_maxrss: kB on Linux
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":  # one measurement, in a fresh process
         config = MemoryConfig(**json.loads(sys.argv[2]))
-        print(one_step_peak(config, sys.argv[3], int(sys.argv[4])))
+        print(*one_step_peak(config, sys.argv[3], int(sys.argv[4])))
         return
     config = MemoryConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
@@ -71,12 +77,15 @@ def main():
     print(f"device: {name} | dtype {str(number_format(device, config.dtype)).replace('torch.', '')} | "
           f"{config.n_layer} layers x {config.n_embd}, context {config.block_size}, vocab {config.n_vocab} | "
           f"peak of one training step at {', '.join(map(str, batches))} windows")
-    print(f"{'kind':<10} " + " ".join(f"{f'peak @{b}':>11}" for b in batches) + f" {'per window':>11}")
+    print(f"{'kind':<10} " + " ".join(f"{f'peak @{b}':>11}" for b in batches) + f" {'per window':>11}"
+          f" {'saved/window':>13}")
     for kind in config.kinds.split(","):
-        peaks = [int(subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(config)), kind, str(b)],
-                                    capture_output=True, text=True, check=True).stdout) for b in batches]
-        per_window = (peaks[-1] - peaks[0]) / max(batches[-1] - batches[0], 1)
-        print(f"{kind:<10} " + " ".join(f"{p / 2**20:>9.0f}MB" for p in peaks) + f" {per_window / 2**20:>9.1f}MB")
+        runs = [subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(config)), kind, str(b)],
+                               capture_output=True, text=True, check=True).stdout.split() for b in batches]
+        peaks, saved = [int(r[0]) for r in runs], [int(r[1]) for r in runs]
+        span = max(batches[-1] - batches[0], 1)
+        print(f"{kind:<10} " + " ".join(f"{p / 2**20:>9.0f}MB" for p in peaks) +
+              f" {(peaks[-1] - peaks[0]) / span / 2**20:>9.1f}MB {(saved[-1] - saved[0]) / span / 2**20:>11.1f}MB")
 
 
 if __name__ == "__main__":

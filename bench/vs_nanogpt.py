@@ -34,6 +34,7 @@ class VersusConfig(ModelShape):
     batch_size: int = option(16, low=1)
     steps: int = option(5, low=1)  # timed steps of each model per round
     rounds: int = option(20, low=1)
+    profile: bool = False  # also print torch.profiler's top ops of 10 steps of each model
 
 
 def nanogpt_step(path, config, windows):
@@ -97,6 +98,22 @@ def main():
     for name, values in seconds.items():
         step_s = statistics.median(values)
         print(f"{name:<10} {1e3 * step_s:7.1f} ms/step {tokens / step_s:>10,.0f} tokens/s {base / step_s:6.2f}x nanoGPT")
+    if config.profile:
+        for name, step in steps.items():
+            print_top_ops(name, step)
+
+
+def print_top_ops(name, step, steps=10, rows=12):
+    """torch.profiler's self CPU time per step of the ops that take most of it."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / steps / 1e3
+    print(f"\n{name}: {total:.1f} ms of ops per step")
+    for e in ops[:rows]:
+        print(f"  {e.key[:58]:<58} {e.self_cpu_time_total / steps / 1e3:7.2f} ms {e.count // steps:5d} calls")
 
 
 if __name__ == "__main__":

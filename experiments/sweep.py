@@ -27,6 +27,7 @@ names a unique-token budget that would; what planning leaves of it is also a sto
 it, so a long sweep runs in pieces.
 """
 import math
+import ctypes
 import os
 import shlex
 import signal
@@ -41,6 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from folders import LOCK_FILE, lock_holder  # noqa: E402
 from runtime import fmt_time, number_format, peak_flops, pick_device  # noqa: E402
 
 
@@ -379,11 +381,16 @@ def train_all(runs, config, jobs, t_start):
                 cmd = cmd + [f"--stop_after_s={max(left, 0.01):.2f}" if config.time_budget_s else "--stop_after_s=0"]
                 os.makedirs(folder, exist_ok=True)
                 print("running:", " ".join(cmd[1:]), flush=True)
+                holder = lock_holder(os.path.join(folder, LOCK_FILE))
+                if holder is not None:  # a run left by a sweep killed before (or started by hand) is still at work
+                    print(f"skipped {folder}: it is in use by process {holder['pid']} on {holder['host']}; run this "
+                          f"command again once that process has ended", flush=True)
+                    continue
                 with open(os.path.join(folder, "stdout.txt"), "a") as log:
                     # its own session: a Ctrl-C at the terminal reaches the sweep only, which then stops every run
                     running.append((folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                              env=dict(os.environ, OMP_NUM_THREADS=threads),
-                                                             start_new_session=True)))
+                                                             start_new_session=True, preexec_fn=child_setup)))
             if not running:
                 break
             time.sleep(0.2)
@@ -423,6 +430,15 @@ def best_settings(rows, setting_of):
         if setting[0] not in best or mean < best[setting[0]][1]:
             best[setting[0]] = (setting, mean)
     return {kind: setting for kind, (setting, _) in best.items()}
+
+
+def child_setup():
+    """In a run's process, before it starts: Ctrl-C's default back (a sweep started with SIGINT ignored, as `nohup`
+    or `cmd &` do, would pass that on, and the sweep stops its runs with SIGINT), and on Linux a SIGINT when the
+    sweep dies, even by SIGKILL, so that no run trains on without it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 
 
 def stop_on_sigterm(signum, frame):

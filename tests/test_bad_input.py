@@ -259,3 +259,64 @@ def test_every_default_obeys_its_own_rule():
             # every number has a declared range, so the test above drives it with values outside it
             if field.type in (int, float, "int", "float"):
                 assert field.metadata.get("rule"), f"{config.__name__}.{field.name} declares no allowed range"
+
+
+def copy_data(victim, tmp_path):
+    """A copy of the victim's data folder to damage: (data_dir, its tiny folder)."""
+    shutil.copytree(os.path.join(victim[1], "tiny"), tmp_path / "data" / "tiny")
+    return str(tmp_path / "data"), tmp_path / "data" / "tiny"
+
+
+def train_error(kind, data_dir, out):
+    script = TRAIN[kind]
+    return one_line_error(lambda argv: run(kind, script.CAUSAL, script.training_loss, script.validation_loss, argv),
+                          tiny_args(data_dir, out, "--max_iters=2"))
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ({"n_vocab": "256"}, "lacks n_vocab (or holds the wrong type)"),
+    ({"tokenizer": "sentencepiece"}, "names an unknown tokenizer 'sentencepiece'"),
+    ({"train_tokens": 0}, "says its train split holds no tokens"),
+])
+def test_a_damaged_meta_json_is_one_line_naming_the_command_that_repairs_it(damage, expected, victim, tmp_path):
+    """The message names --overwrite, and prepare_data.py, which would keep a folder prepared from the same inputs,
+    does not keep a damaged one: the way out is one command, not a loop."""
+    import json
+    data_dir, folder = copy_data(victim, tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(dict(meta, **damage)))
+    if damage.get("train_tokens") == 0:
+        (folder / "train.bin").write_bytes(b"")  # an empty split whose meta agrees
+    message = train_error("ar", data_dir, str(tmp_path / "run"))
+    assert expected in message and "prepare_data.py and --overwrite" in message, message
+    assert not os.path.exists(tmp_path / "run")
+    assert prepare_data.prepared_from(str(folder)) is None  # not kept as "prepared from the same inputs"
+
+
+def test_a_tokenizer_file_not_the_one_that_made_the_data_is_refused_in_one_line(tmp_path):
+    from conftest import make_tiny_documents
+    data_dir = make_tiny_documents(tmp_path, "bpe", vocab_size=280)
+    ranks = tmp_path / "data" / "docs" / "tokenizer.tiktoken"
+    lines = ranks.read_text().splitlines()
+    ranks.write_text("\n".join(lines[:-1]) + "\n")  # a valid ranks file, one merge short: another tokenizer
+    out = str(tmp_path / "run")
+    message = one_line_error(lambda argv: run("ar", True, train_ar.training_loss, train_ar.validation_loss, argv),
+                             [a for a in tiny_args(data_dir, out, "--max_iters=2") if a != "--dataset=tiny"]
+                             + ["--dataset=docs"])
+    assert "is not the tokenizer that made this data" in message and "--overwrite" in message, message
+
+
+def test_checkpoints_without_their_entries_or_with_damaged_ranks_are_one_line_for_sample_py(victim, tmp_path):
+    import torch
+    from runtime import load_checkpoint
+    ckpt = load_checkpoint(os.path.join(victim[0], "ar", "ckpt.pt"))
+    for name, broken in (("no_args", {k: v for k, v in ckpt.items() if k != "model_args"}),
+                         ("no_tokenizer", dict(ckpt, meta={k: v for k, v in ckpt["meta"].items() if k != "tokenizer"})),
+                         ("bad_ranks", dict(ckpt, meta=dict(ckpt["meta"], tokenizer="bpe", ranks_sha256="x",
+                                                            ranks_text="not base64 at all!\n")))):
+        path = str(tmp_path / f"{name}.pt")
+        torch.save(broken, path)
+        message = one_line_error(sample.main, [f"--ckpt={path}", "--max_new_tokens=2", "--num_samples=1"])
+        expected = {"no_args": "lacks model_args", "no_tokenizer": "lacks tokenizer",
+                    "bad_ranks": "ranks file is damaged"}[name]
+        assert expected in message, message

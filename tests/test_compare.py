@@ -323,10 +323,16 @@ def test_an_interrupted_sweep_leaves_no_training_process_behind(tmp_path, monkey
     monkeypatch.setattr(subprocess, "Popen", popen)
     runs = [{"name": f"ar_e{i}", "kind": "ar", "options": []} for i in range(2)]
     config = sweep.SweepConfig(out=str(tmp_path), status_every_s=60)
+    # Ctrl-C at the terminal, as a foreground sweep gets it (this suite may run with SIGINT ignored, as a background
+    # job; the runs get Ctrl-C's default back from the sweep either way)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Timer(1.0, signal.raise_signal, [signal.SIGINT]).start()
     t0 = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        sweep.train_all(runs, config, jobs=2, t_start=t0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.train_all(runs, config, jobs=2, t_start=t0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(started) == 2 and all(proc.poll() is not None for proc in started) and time.time() - t0 < 30
     assert all(proc.returncode == -signal.SIGINT for proc in started)  # stopped by the sweep's SIGINT
     with pytest.raises(KeyboardInterrupt):

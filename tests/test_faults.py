@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -219,6 +220,35 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
     assert iters[-1] == 78 and rows[0]["epochs"] == pytest.approx(78 * 8 / ((2000 - 1) // 32), abs=1e-4)
 
 
+def test_a_killed_sweeps_run_dies_with_it_and_the_next_sweep_skips_a_run_still_at_work(data_dir, tmp_path, capsys):
+    """SIGKILL cannot be caught, so the sweep's runs ask the kernel to be stopped when it dies (Linux): the run
+    stops with its checkpoint and frees its folder. A run another process still holds is skipped, not failed."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import sweep
+    out = str(tmp_path / "sweep")
+    args = ["--unique_tokens=2000", "--ar_epochs=400", "--diffusion_epochs=", f"--out={out}", "--evals=2", "--",
+            *tiny_args(data_dir, "")[:-1]]
+    process = FORK.Process(target=sweep.main, args=(args,))
+    process.start()
+    lock = os.path.join(out, "ar_e400", ".lock")
+    deadline = time.time() + 60
+    while time.time() < deadline and not os.path.exists(os.path.join(out, "ar_e400", "ckpt.pt")):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+    deadline = time.time() + 30
+    while time.time() < deadline and os.path.exists(lock):
+        time.sleep(0.05)
+    assert not os.path.exists(lock)  # the run ended (and released its folder) without its sweep
+    with open(lock, "w") as f:  # now a live process holds the run, as one started by hand would
+        f.write(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}))
+    capsys.readouterr()
+    failed = sweep.train_all([{"name": "ar_e400", "kind": "ar", "options": []}], sweep.SweepConfig(out=out),
+                             jobs=1, t_start=time.time())
+    assert failed == [] and f"skipped {os.path.join(out, 'ar_e400')}: it is in use by process {os.getppid()}" in \
+        capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- one writer, and the data under a run
 
 @pytest.fixture
@@ -248,7 +278,7 @@ def test_data_is_prepared_by_one_writer_and_never_replaced_under_a_live_run(data
     os.makedirs(os.path.join(folder, ".readers"))
     with open(os.path.join(folder, ".readers", "a-run"), "w") as f:  # a live training run reads the folder
         f.write(lock_of(live_pid))
-    with pytest.raises(UserError, match=f"tiny is read by a training run \\(process {live_pid} on .*wait for it"):
+    with pytest.raises(UserError, match=f"tiny is read by a training run, process {live_pid} on this machine .*wait"):
         prepare_data.main(args)
     assert {name: os.path.getmtime(os.path.join(folder, name)) for name in before} == before  # untouched
     assert not os.path.exists(folder + ".new") and not os.path.exists(folder + ".lock")
@@ -306,3 +336,88 @@ def test_a_switch_killed_between_its_two_renames_is_finished_by_the_next_command
     shutil.copytree(os.path.join(data_dir, "tiny"), folder + ".old")
     assert prepare_data.main([f"--data_dir={data_dir}", "--name=corpus"]) == folder
     assert load_meta(folder)["inputs_sha256"] and sorted(os.listdir(data_dir)) == ["corpus", "tiny"]
+
+
+def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_names_its_way_out(data_dir, tmp_path,
+                                                                                               live_pid, capsys):
+    """A lock records its process's start time: a live process with the same pid that started at another time is not
+    the writer (taken over, with a note). Another machine's lock cannot be checked: refused, naming the file to
+    remove; removing it lets the run start. The same for a data folder's reader marks."""
+    from folders import process_start
+    out = tmp_path / "run"
+    out.mkdir()
+    reused = dict(json.loads(lock_of(live_pid)), started=process_start(live_pid) + 1)
+    (out / ".lock").write_text(json.dumps(reused))
+    train("ar", data_dir, str(out), "--max_iters=2")
+    assert "was locked by a process that has ended: taking the lock over" in capsys.readouterr().out
+    (out / ".lock").write_text(json.dumps(dict(json.loads(lock_of(live_pid)), started=process_start(live_pid))))
+    with pytest.raises(UserError, match=f"in use by process {live_pid} on this machine .*kill {live_pid}"):
+        train("ar", data_dir, str(out), "--resume")  # the same pid and start time: the writer itself, alive
+    (out / ".lock").write_text(json.dumps({"pid": 4242, "host": "colab-runtime-gone", "since": "2026-01-01 00:00:00"}))
+    message = f"on another machine, colab-runtime-gone .*remove {re.escape(str(out / '.lock'))} and run this again"
+    with pytest.raises(UserError, match=message):
+        train("ar", data_dir, str(out), "--resume")
+    os.remove(out / ".lock")  # the way out the message names
+    train("ar", data_dir, str(out), "--resume", "--stop_after_s=0")
+    readers = os.path.join(data_dir, "tiny", ".readers")
+    os.makedirs(readers, exist_ok=True)
+    mark = os.path.join(readers, "colab-runtime-gone-4242")
+    with open(mark, "w") as f:
+        f.write(json.dumps({"pid": 4242, "host": "colab-runtime-gone", "since": "2026-01-01 00:00:00"}))
+    with pytest.raises(UserError, match=f"read by a training run, .*remove {re.escape(mark)} and run this again"):
+        prepare_data.main([f"--data_dir={data_dir}", "--name=tiny", "--overwrite"])
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothing_half_written(data_dir, tmp_path,
+                                                                                               monkeypatch):
+    """torch.save on a full disk raises its RuntimeError (inline_container's 'file write failed'); every writer
+    then says so in one line and leaves no temporary file, and the previous checkpoint still loads."""
+    import shutil as shutil_module
+    from collections import namedtuple
+    from cli import run_cli
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10", "--stop_after_s=1e-9")
+    before = load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"]
+    real_save, usage = torch.save, namedtuple("usage", "total used free")
+
+    def full_disk_save(obj, path):
+        open(path, "wb").close()  # torch leaves what it began
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 50 << 10))
+    with pytest.raises(UserError, match=r"(best|ckpt).pt: the disk is full \(the file needs about [\d.,]+ MB, 0.0 MB are "
+                                        r"free\): free some space or choose another --out_dir; the previous "
+                                        r"(best|ckpt).pt is kept"):
+        train("ar", data_dir, out, "--resume", "--stop_after_s=0")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "log.jsonl"]  # no temporary file, no lock
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"] == before
+    # prepare_data.py: the half-written folder beside the old one goes
+    monkeypatch.setattr(prepare_data, "prepare", lambda *a, **k: (os.makedirs(os.path.join(data_dir, "other.new")),
+                                                                  (_ for _ in ()).throw(OSError(28, "No space left on device"))))
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: prepare_data.main([f"--data_dir={data_dir}", "--name=other"]))
+    assert re.fullmatch(r"error: .*other.new: the disk is full \(the token files need up to [\d.,]+ MB, 0.0 MB are "
+                        r"free\): free some space or choose another --data_dir", stop.value.code), stop.value.code
+    assert sorted(os.listdir(data_dir)) == ["tiny"]
+    # a log line that does not fit (no file name in the error): one line still
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert stop.value.code == "error: No space left on device: free some space, or write elsewhere"
+
+
+def test_a_plot_that_cannot_be_written_leaves_no_empty_picture(data_dir, tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    import compare
+    out = str(tmp_path / "run")
+    train("ar", data_dir, out, "--max_iters=10", "--eval_interval=5")
+
+    def full_disk(self, path, **options):
+        open(path, "wb").close()  # begun, then the disk fills
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    with pytest.raises(UserError, match="--plot .*cannot write it \\(No space left on device\\)"):
+        compare.main([out, f"--plot={tmp_path / 'p.png'}"])
+    assert not any(name.startswith("p.png") for name in os.listdir(tmp_path))

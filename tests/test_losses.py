@@ -110,3 +110,21 @@ def test_ar_validation_is_exact_mean_nll():
         nats, count = train_ar.validation_loss(model, windows, torch.arange(4), *eval_args(val_config(eval_batch_size=3)))
         direct = train_ar.training_loss(model, windows, 50, None, (0, 1)).item()
     assert count == 48 and math.isclose(nats / count, direct, rel_tol=1e-5)
+
+
+def test_the_readme_shows_the_losses_as_the_files_have_them():
+    """Each Python block of the README's losses section is made of lines of the script named just before it, so the
+    formula a reader sees is the one that runs."""
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## The two losses")[1].split("\n## ")[0]
+    blocks = re.findall(r"\(`(train_\w+\.py)`[^\n]*\n(?:[^\n]*\n)*?```python\n(.*?)```", section, re.S)
+    assert [script for script, _ in blocks] == ["train_ar.py", "train_diffusion.py"]
+    for script, code in blocks:
+        with open(os.path.join(root, script)) as f:
+            lines = {line.strip() for line in f}
+        for line in code.strip().splitlines():
+            assert line.strip() in lines, f"README line not in {script}: {line.strip()}"

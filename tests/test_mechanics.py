@@ -128,6 +128,37 @@ def test_the_diffusion_samplers_draws_follow_softmax_over_temperature(temperatur
     assert (frequencies(out, 4) - expected).abs().max() < 0.012
 
 
+class PositionLogits(nn.Module):
+    """A stand-in model with one fixed distribution per position (logits (T, V)), whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.config = ModelConfig(n_vocab=logits.shape[1], block_size=logits.shape[0])
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1, -1)
+
+
+def test_low_confidence_scores_a_position_by_the_probability_of_the_token_it_drew():
+    """Position 0 draws token 0 (p = 0.6) or token 1 (p = 0.4); position 1 draws either of two tokens at 0.5. The
+    first of two steps commits the position whose drawn token is the more probable: position 1 exactly in the rows
+    where position 0 drew its 0.4 token. Scored by each position's largest probability instead, position 0 (0.6)
+    would always go first."""
+    probs = torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
+    model = PositionLogits(probs.clamp_min(1e-12).log())
+    after_first_step = []
+    x = torch.full((400, 2), model.config.mask_id)
+    diffusion_generate(model, x, prompt_length=0, steps=2, block_length=2, temperature=1.0,
+                       generator=torch.Generator().manual_seed(0),
+                       on_step=lambda state, step: after_first_step.append(state.clone()) if step == 1 else None)
+    state = after_first_step[0]
+    first_was_0 = state[:, 0] != model.config.mask_id
+    assert (first_was_0 != (state[:, 1] != model.config.mask_id)).all()  # one position committed per row
+    assert (state[first_was_0, 0] == 0).all()  # position 0 went first only with its 0.6 token
+    assert 0.3 < (~first_was_0).float().mean() < 0.5  # and position 1 first in the rows where it drew the 0.4 one
+
+
 # ----------------------------------------------------------------------------- training mechanics
 
 def test_the_learning_rate_schedule_at_known_iterations():

@@ -180,7 +180,7 @@ def test_crash_during_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_save({"kind": "ar", "model": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert torch.equal(torch.load(path)["model"]["w"], torch.ones(3))
 
 
 @pytest.mark.parametrize("kind", ["ar", "diffusion"])
@@ -223,3 +223,32 @@ def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16(capability, expected, 
     assert number_format(torch.device("cuda")) == expected
     assert number_format(torch.device("cpu")) == torch.float32
     assert number_format(torch.device("cuda"), "bfloat16") == torch.bfloat16
+
+
+def test_a_resumed_run_keeps_its_best_so_best_pt_is_the_uninterrupted_runs(data_dir, tmp_path):
+    """A validation score that only worsens as training moves the weights away from their initial values: the best
+    is the first evaluation, before the stop. A resumed run that forgot its best would take a later one as best."""
+    from model import ModelConfig, Transformer
+    torch.manual_seed(1337)  # the runs' --seed: their initial weights
+    initial = torch.cat([p.detach().flatten() for p in Transformer(ModelConfig(
+        n_vocab=256, block_size=32, n_layer=2, n_head=2, n_embd=32, causal=True)).parameters()])
+
+    def drift(model, windows, window_ids, samples, batch_size, seed):
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return 1.0 + float((weights - initial).norm()), 1
+
+    def train_scored_by_drift(out, *extra):
+        run("ar", True, train_ar.training_loss, drift, tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10",
+                                                                 *extra))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    train_scored_by_drift(one)
+    train_scored_by_drift(two, "--stop_after_s=1e-9")  # stops, and checkpoints, after its first evaluation
+    assert [r["iter"] for r in read_log(two)] == [0]
+    run("ar", True, train_ar.training_loss, drift, ["--resume", f"--out_dir={two}", "--stop_after_s=0"])
+    a, b = read_log(one), read_log(two)
+    assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b] and a[0]["val_loss"] == 1.0 < a[1]["val_loss"]
+    assert [r["best_val"] for r in a] == [r["best_val"] for r in b] == [1.0] * 4  # the start stays the best
+    best_one, best_two = load_checkpoint(os.path.join(one, "best.pt")), load_checkpoint(os.path.join(two, "best.pt"))
+    assert best_one["iter"] == best_two["iter"] == 0
+    for k in best_one["model"]:
+        assert torch.equal(best_one["model"][k], best_two["model"][k])
