@@ -39,15 +39,14 @@ class BenchConfig(ModelShape):
     kinds: str = option("ar,diffusion", choices=("ar,diffusion", "ar", "diffusion", "diffusion,ar"))
 
 
-def bench(kind, script, config, device, dtype):
-    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of the median of config.rounds rounds of
-    config.steps training steps, after config.warmup; experiments/sweep.py's measured plan uses it too."""
+def training_step(script, config, device, dtype, windows, compile=False):
+    """(model, step): a random model of config's shape and one training step of the kind's loss on `windows`, as the
+    trainer runs it (autocast, backward, clip, AdamW); step(i) returns the loss."""
     torch.manual_seed(0)
     model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
-    step_model = torch.compile(model) if config.compile else model
+    step_model = torch.compile(model) if compile else model
     autocast, _ = mixed_precision(device, dtype)  # as training runs it
-    windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
 
     def step(i):
         with autocast:
@@ -57,6 +56,14 @@ def bench(kind, script, config, device, dtype):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
+    return model, step
+
+
+def bench(kind, script, config, device, dtype):
+    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of the median of config.rounds rounds of
+    config.steps training steps, after config.warmup; experiments/sweep.py's measured plan uses it too."""
+    windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
+    model, step = training_step(script, config, device, dtype, windows, config.compile)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

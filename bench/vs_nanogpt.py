@@ -21,10 +21,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
-from shape import ModelShape, random_model  # noqa: E402
+from shape import ModelShape  # noqa: E402
+from throughput import training_step  # noqa: E402
 from cli import UserError, option, parse_args, run_cli  # noqa: E402
-from config import TrainConfig  # noqa: E402
-from trainer import make_optimizer, step_generator  # noqa: E402
 
 
 @dataclass
@@ -61,27 +60,15 @@ def nanogpt_step(path, config, windows):
     return step
 
 
-def our_step(script, config, windows):
-    torch.manual_seed(0)
-    model = random_model(config, script.CAUSAL, torch.device("cpu"))
-    optimizer = make_optimizer(model, TrainConfig(), "cpu")
-
-    def step(i):
-        loss = script.training_loss(model, windows, model.config.mask_id, step_generator(0, i, 0), (0, 1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
-
-
 def main():
     config = VersusConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1),
                             generator=torch.Generator().manual_seed(0))
-    steps = {"nanoGPT": nanogpt_step(config.nanogpt, config, windows), "ar": our_step(train_ar, config, windows),
-             "diffusion": our_step(train_diffusion, config, windows)}
+    cpu = torch.device("cpu")
+    steps = {"nanoGPT": nanogpt_step(config.nanogpt, config, windows),
+             "ar": training_step(train_ar, config, cpu, torch.float32, windows)[1],
+             "diffusion": training_step(train_diffusion, config, cpu, torch.float32, windows)[1]}
     seconds = {name: [] for name in steps}
     for r in range(config.rounds):
         for name, step in steps.items():
