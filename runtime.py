@@ -97,7 +97,9 @@ def rank0_says(flag, device, world_size):
 
 
 def end_processes(world_size):
+    """Tear DDP down together: a process that left while another was still saving made gloo abort it at exit."""
     if world_size > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 

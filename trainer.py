@@ -92,9 +92,7 @@ def wrap_model(model, config, rank, world_size, device):
     wrapped = torch.compile(model) if config.compile else model
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
-        # the one buffer is RoPE's constant table: nothing to broadcast at every step
-        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=False)
+        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     return wrapped
 
 
