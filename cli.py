@@ -24,15 +24,15 @@ def run_cli(main, interrupted="interrupted"):
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly (caught before OSError, its parent)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except OSError as e:  # read-only, not a directory, disk full...: the path and the reason, not a traceback
         if e.filename is None and e.errno != errno.ENOSPC:
             raise
         where = f"{e.filename}: " if e.filename else ""
         advice = ": free some space, or write elsewhere" if e.errno == errno.ENOSPC else ""
         sys.exit(f"error: {where}{e.strerror or e}{advice}")
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
 
 
 def option(default, *, low=None, high=None, above=None, below=None, choices=None, items=None):

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -320,3 +321,11 @@ def test_checkpoints_without_their_entries_or_with_damaged_ranks_are_one_line_fo
         expected = {"no_args": "lacks model_args", "no_tokenizer": "lacks tokenizer",
                     "bad_ranks": "ranks file is damaged"}[name]
         assert expected in message, message
+
+
+def test_a_reader_that_goes_away_ends_a_script_quietly():
+    """`python sample.py ... | head`: when the reader closes the pipe, the script stops with no traceback."""
+    script = "import cli\ncli.run_cli(lambda: [print('x' * 80, flush=True) for _ in range(10 ** 6)])"
+    result = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} | head -c 10", shell=True,
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.stdout == "x" * 10 and result.stderr == "", result.stderr[-500:]
