@@ -35,6 +35,14 @@ def run_cli(main, interrupted="interrupted"):
         sys.exit(f"error: {where}{e.strerror or e}{advice}")
 
 
+def fmt_time(seconds):
+    """A duration as 1h05m or 3m07s."""
+    seconds = max(int(seconds), 0)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def option(default, *, low=None, high=None, above=None, below=None, choices=None, items=None):
     """A config field and its allowed values, declared together; parse_args checks every value it sets.
     low / high: at least / at most; above / below: strictly more / less; choices: the allowed strings;

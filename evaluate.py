@@ -69,8 +69,8 @@ def main(argv=None):
         items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len,
                                        config.mc_choices, train.eval_seed if config.mc_seed < 0 else config.mc_seed)
         acc, se, chance = downstream.accuracy(
-            items, lambda c, x, ids: script.continuation_nll(model, c.to(device), x.to(device), ids,
-                                                             train.elbo_samples, train.eval_batch_size, train.eval_seed),
+            items, lambda c, x, ids: script.continuation_nll(
+                model, c.to(device), x.to(device), ids, train.elbo_samples, train.eval_batch_size, train.eval_seed),
             progress=show_progress)
     print(f"multiple choice: {acc:.3f} +- {se:.3f} ({config.mc_items} items, {config.mc_choices} choices: chance "
           f"{chance:.3f}; context {context_len}, continuation {continuation_len} tokens)")

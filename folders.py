@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 
-from cli import UserError
+from cli import UserError, fmt_time
 
 LOCK_FILE = ".lock"
 
@@ -99,23 +99,18 @@ def lock_holder(path):
     return holder
 
 
-def age_text(seconds):
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def holder_text(holder, path):
     """Who holds a lock, since when, and the way out, in words."""
     since = holder.get("since", "?")
     try:
-        since += f", {age_text(time.time() - time.mktime(time.strptime(since, '%Y-%m-%d %H:%M:%S')))} ago"
+        since += f", {fmt_time(time.time() - time.mktime(time.strptime(since, '%Y-%m-%d %H:%M:%S')))} ago"
     except (ValueError, OverflowError):
         pass
     if holder["host"] != socket.gethostname():  # a shared or copied disk, a recycled Colab runtime
         return (f"process {holder['pid']} on another machine, {holder['host']} (since {since}): it cannot be checked "
                 f"from here; if it no longer runs there, remove {path} and run this again")
-    return f"process {holder['pid']} on this machine (since {since}): wait for it to end, or stop it (kill {holder['pid']})"
+    return (f"process {holder['pid']} on this machine (since {since}): wait for it to end, or stop it "
+            f"(kill {holder['pid']})")
 
 
 def release_lock(path):

@@ -368,8 +368,8 @@ def main(argv=None):
         except BaseException as e:  # a full disk, Ctrl-C: no half-written folder is left beside the old one
             shutil.rmtree(new, ignore_errors=True)
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                text_bytes = sum(len(d.encode()) for d in (train_docs, val_docs) for d in ([d] if isinstance(d, str)
-                                                                                        else d))
+                docs = [train_docs, val_docs] if isinstance(train_docs, str) else [*train_docs, *val_docs]
+                text_bytes = sum(len(doc.encode()) for doc in docs)  # two bytes a token, at most a token a byte
                 raise UserError(f"{new}: the disk is full (the token files need up to {2 * text_bytes / 2**20:,.1f} "
                                 f"MB, {shutil.disk_usage(args.data_dir).free / 2**20:,.1f} MB are free): free some "
                                 f"space or choose another --data_dir") from None

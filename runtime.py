@@ -115,13 +115,6 @@ def peak_flops(device):
     return PEAK_FLOPS.get(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
-def fmt_time(seconds):
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 def rng_state(device):
@@ -166,8 +159,10 @@ def atomic_save(obj, path):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, (OSError, RuntimeError)):  # Ctrl-C and the like: nothing to say about the disk
+            raise
         needed, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (isinstance(e, RuntimeError) and free < needed):
+        if getattr(e, "errno", None) == errno.ENOSPC or (isinstance(e, RuntimeError) and free < needed):
             raise UserError(f"{path}: the disk is full (the file needs about {needed / 2**20:,.1f} MB, "
                             f"{free / 2**20:,.1f} MB are free): free some space or choose another --out_dir; the "
                             f"previous {os.path.basename(path)} is kept") from None

@@ -20,7 +20,7 @@ import torch
 import downstream
 import folders
 import runtime
-from cli import UserError, parse_args, run_cli
+from cli import UserError, fmt_time, parse_args, run_cli
 from config import TrainConfig
 from data import tokenizer_name, training_data, val_windows
 from model import ModelConfig, Transformer, shape_problem
@@ -146,7 +146,7 @@ def check_finite(first_nonfinite_iter, model, out_dir):
 def progress_line(it, total_iters, epoch, loss, lr, tokens_per_s, mfu, eta_s):
     mfu = "" if mfu is False else " | mfu unknown" if mfu is None else f" | mfu {mfu:.1f}%"
     return (f"iter {it}/{total_iters} | epoch {epoch:.2f} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} "
-            f"tok/s{mfu} | eta {runtime.fmt_time(eta_s)}")
+            f"tok/s{mfu} | eta {fmt_time(eta_s)}")
 
 
 # ----------------------------------------------------------------------------- the loop's state and its decisions
@@ -229,8 +229,8 @@ def eval_record(state, val_loss, grad_norm, kind, meta, config, total_iters, tra
 
 def eval_line(record, is_best):
     train, bpb = record["train_loss"], record.get("val_bits_per_byte")
-    return (f"eval iter {record['iter']} | epoch {record['epoch']:.2f} | train {'-' if train is None else f'{train:.4f}'}"
-            f" | val {record['val_loss']:.4f} nats/token" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+    return (f"eval iter {record['iter']} | epoch {record['epoch']:.2f} | "
+            f"train {'-' if train is None else f'{train:.4f}'} | val {record['val_loss']:.4f} nats/token" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
             + (f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else "")
             + (" | best" if is_best else ""))
 
@@ -243,10 +243,12 @@ def start_line(kind, n_params, device, dtype, world_size, train_windows, config,
 
 
 def end_line(state, stopped, total_iters, t_start, out_dir):
-    took = runtime.fmt_time(time.time() - t_start)
+    took = fmt_time(time.time() - t_start)
     if stopped:
-        return f"stopped after {took} at iteration {state.iter} of {total_iters} (--stop_after_s): continue with --resume"
-    return f"done: best val {state.best_val:.4f} nats/token at iter {state.best_iter} ({took}); checkpoints in {out_dir}"
+        return (f"stopped after {took} at iteration {state.iter} of {total_iters} (--stop_after_s): continue with "
+                f"--resume")
+    return (f"done: best val {state.best_val:.4f} nats/token at iter {state.best_iter} ({took}); checkpoints in "
+            f"{out_dir}")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -261,8 +263,10 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     items = choice_items(val_tokens, meta, config) if continuation_nll else None
     rank, world_size, device = runtime.setup_distributed(runtime.pick_device(config.device))
     master = rank == 0
-    dtype = runtime.number_format(device, None if ckpt and "dtype" not in given else config.dtype,
-                                  ckpt and ckpt["dtype"])
+    resuming = ckpt is not None
+    # a resumed run keeps its saved format unless --dtype is given (or this device cannot run it)
+    dtype = runtime.number_format(device, None if resuming and "dtype" not in given else config.dtype,
+                                  ckpt["dtype"] if resuming else None)
     autocast, scaler = runtime.mixed_precision(device, dtype)
     raw_model, optimizer = build_model(config, meta, causal, device, ckpt)
     model = wrap_model(raw_model, config, rank, world_size, device)
@@ -272,13 +276,14 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     header = {"kind": kind, "model_args": raw_model.model_args(), "config": dataclasses.asdict(config), "meta": meta}
 
     state = start_state(ckpt, scaler, rank, device)
-    start_iter, saved_iter = state.iter, state.iter if ckpt is not None else -1
+    start_iter, saved_iter = state.iter, state.iter if resuming else -1
     first_nonfinite_iter = torch.tensor(-1, device=device)  # the first non-finite step, kept on the device (no sync)
     best = None  # the best weights, held in memory until the next checkpoint writes them to best.pt
     grad_norm = None  # the last step's, on the device until an evaluation logs it
     t_start = t_log = time.time()
     iters_since_log = 0
-    with folders.RunFolder(config.out_dir, os.path.join(config.data_dir, config.dataset), ckpt and start_iter,
+    with folders.RunFolder(config.out_dir, os.path.join(config.data_dir, config.dataset),
+                           start_iter if resuming else None,
                            config.overwrite, writer=master) as folder:  # the first writes: every check has passed
         if master:
             print(start_line(kind, n_params, device, dtype, world_size, train_windows, config, global_batch,

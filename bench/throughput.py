@@ -98,7 +98,8 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name} | dtype {str(dtype).replace('torch.', '')} | compile {config.compile} | "
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, context {config.block_size}, "
-          f"vocab {config.n_vocab}, batch {config.batch_size}, median of {config.rounds} round(s) of {config.steps} steps")
+          f"vocab {config.n_vocab}, batch {config.batch_size}, "
+          f"median of {config.rounds} round(s) of {config.steps} steps")
     print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7}")
     for kind in config.kinds.split(","):
         script = {"ar": train_ar, "diffusion": train_diffusion}[kind]

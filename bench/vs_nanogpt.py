@@ -84,7 +84,8 @@ def main():
     base = statistics.median(seconds["nanoGPT"])
     for name, values in seconds.items():
         step_s = statistics.median(values)
-        print(f"{name:<10} {1e3 * step_s:7.1f} ms/step {tokens / step_s:>10,.0f} tokens/s {base / step_s:6.2f}x nanoGPT")
+        print(f"{name:<10} {1e3 * step_s:7.1f} ms/step {tokens / step_s:>10,.0f} tokens/s "
+              f"{base / step_s:6.2f}x nanoGPT")
     if config.profile:
         for name, step in steps.items():
             print_top_ops(name, step)

@@ -41,9 +41,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from cli import UserError, fmt_time, list_items, option, parse_args, run_cli  # noqa: E402
 from folders import LOCK_FILE, lock_holder  # noqa: E402
-from runtime import fmt_time, number_format, peak_flops, pick_device  # noqa: E402
+from runtime import number_format, peak_flops, pick_device  # noqa: E402
 
 
 @dataclass
@@ -485,7 +485,8 @@ def main(argv=None):
         print(f"time budget spent ({config.time_budget_s:g}s): {len(unfinished)} run(s) not finished; run the same "
               f"command again to continue them")
         return None
-    rows = compare.main(folders() + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
+    plot = config.plot or os.path.join(config.out, "compare.png")
+    rows = compare.main(folders() + [f"--plot={plot}", "--xscale=log"])
     print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
     print(f"sweep done in {fmt_time(time.time() - t_start)}")
     return rows

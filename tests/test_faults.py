@@ -386,16 +386,18 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothin
                            "data/3: file write failed")
     monkeypatch.setattr(torch, "save", full_disk_save)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 50 << 10))
-    with pytest.raises(UserError, match=r"(best|ckpt).pt: the disk is full \(the file needs about [\d.,]+ MB, 0.0 MB are "
-                                        r"free\): free some space or choose another --out_dir; the previous "
-                                        r"(best|ckpt).pt is kept"):
+    with pytest.raises(UserError, match=r"(best|ckpt).pt: the disk is full \(the file needs about [\d.,]+ MB, "
+                                        r"0.0 MB are free\): free some space or choose another --out_dir; the "
+                                        r"previous (best|ckpt).pt is kept"):
         train("ar", data_dir, out, "--resume", "--stop_after_s=0")
     monkeypatch.setattr(torch, "save", real_save)
     assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "log.jsonl"]  # no temporary file, no lock
     assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"] == before
     # prepare_data.py: the half-written folder beside the old one goes
-    monkeypatch.setattr(prepare_data, "prepare", lambda *a, **k: (os.makedirs(os.path.join(data_dir, "other.new")),
-                                                                  (_ for _ in ()).throw(OSError(28, "No space left on device"))))
+    def prepare_on_a_full_disk(*args, **options):
+        os.makedirs(os.path.join(data_dir, "other.new"))  # begun, then the disk fills
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(prepare_data, "prepare", prepare_on_a_full_disk)
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: prepare_data.main([f"--data_dir={data_dir}", "--name=other"]))
     assert re.fullmatch(r"error: .*other.new: the disk is full \(the token files need up to [\d.,]+ MB, 0.0 MB are "

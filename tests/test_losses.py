@@ -107,7 +107,8 @@ def test_ar_validation_is_exact_mean_nll():
     model = tiny_model(True)
     windows = torch.randint(0, 50, (4, 13))
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, windows, torch.arange(4), *eval_args(val_config(eval_batch_size=3)))
+        nats, count = train_ar.validation_loss(model, windows, torch.arange(4),
+                                               *eval_args(val_config(eval_batch_size=3)))
         direct = train_ar.training_loss(model, windows, 50, None, (0, 1)).item()
     assert count == 48 and math.isclose(nats / count, direct, rel_tol=1e-5)
 

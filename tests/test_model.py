@@ -101,7 +101,8 @@ def test_rope_rotates_each_channel_pair_by_its_positions_angle_so_scores_depend_
             torch.testing.assert_close(rotated[0, pos, :, 2 * j + 1], a * angle.sin() + b * angle.cos())
     # the same q and k at positions (1, 3) and (2, 4): the same score
     q, k = torch.randn(hd), torch.randn(hd)
-    rows = apply_rope(torch.stack([q, k, q, k])[None, None].expand(1, T, 4, hd).contiguous(), rope_rotations(hd, T, theta))
+    same = torch.stack([q, k, q, k])[None, None].expand(1, T, 4, hd).contiguous()  # q and k at every position
+    rows = apply_rope(same, rope_rotations(hd, T, theta))
     assert torch.allclose(rows[0, 1, 0] @ rows[0, 3, 1], rows[0, 2, 2] @ rows[0, 4, 3], atol=1e-5)
 
 
@@ -109,4 +110,5 @@ def test_the_norm_gains_are_trained_though_folded_into_the_matrices():
     model = tiny_model(True)
     model(torch.randint(0, 100, (2, 10))).sum().backward()
     gains = [p for name, p in model.named_parameters() if name.endswith("norm_gain")]
-    assert len(gains) == 2 * model.config.n_layer + 1 and all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
+    assert len(gains) == 2 * model.config.n_layer + 1
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
