@@ -6,6 +6,7 @@ import difflib
 import errno
 import math
 import os
+import signal
 import sys
 from dataclasses import field, fields
 
@@ -14,9 +15,24 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
+def interrupted_at_start(signum, frame):
+    sys.stderr.write("interrupted\n")
+    os._exit(130)  # nothing is written before main() runs: there is nothing to finish
+
+
+def quiet_start():
+    """Called first by every script, before its slow imports (torch takes a second): a Ctrl-C then is one line and
+    exit status 130, as it is later; run_cli gives main() Python's KeyboardInterrupt back. A process started with
+    SIGINT ignored (nohup, `cmd &`) keeps ignoring it."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupted_at_start)
+
+
 def run_cli(main, interrupted="interrupted"):
     """Run a script's main(): a UserError becomes one line on stderr and exit status 1; Ctrl-C one line (the
     `interrupted` text) and exit status 130, the shell's code for it."""
+    if signal.getsignal(signal.SIGINT) is interrupted_at_start:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except UserError as e:

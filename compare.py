@@ -7,6 +7,9 @@ Compare training runs: a table of best and final validation loss, and a plot of 
 AR's number is its exact NLL; diffusion's is the ELBO, an upper bound on its NLL, so diffusion below AR means
 diffusion's true NLL is lower still. Units: nats/token (and bits/byte for byte-tokenized data).
 """
+if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
 import json
 import math
 import os
@@ -201,8 +204,15 @@ def plot(rows, path, xscale="auto"):
         ax.set_ylim(low - 0.05 * (high - low), min(high, 2.5 * low) + 0.05 * (high - low))
     ax.legend(**legend)
     ax.set_title("AR vs masked diffusion on repeated data")
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path):
+    """Write a matplotlib figure whole, then rename it into place: a failed write leaves no empty picture."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp.png"  # written whole, then renamed: a failed write leaves no empty picture
+    tmp = f"{path}.{os.getpid()}.tmp.png"
     try:
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
@@ -210,7 +220,6 @@ def plot(rows, path, xscale="auto"):
         plt.close(fig)
         if os.path.exists(tmp):
             os.remove(tmp)
-    return True
 
 
 @dataclass

@@ -29,8 +29,13 @@ class TrainConfig:
     n_embd: int = option(128, low=2)
     # context length in tokens
     block_size: int = option(128, low=1)
-    # on the outputs of the attention and MLP branches (none on the attention weights or the embeddings)
+    # on the outputs of the attention and MLP branches (Megatron's hidden dropout; both papers' baseline: 0.1)
     dropout: float = option(0.0, low=0, below=1)
+    # on the attention weights (Megatron's attention dropout, 0.1 in both papers' baseline); drawn by each process
+    # from its own stream, so with it a DDP run is one process's run in distribution, not draw for draw
+    attn_dropout: float = option(0.0, low=0, below=1)
+    # on the token embeddings, before the first block (Megatron's embedding dropout, which uses the hidden rate)
+    embd_dropout: float = option(0.0, low=0, below=1)
     # --- optimisation: AdamW, linear warmup, then cosine to lr * min_lr_ratio at the end of the run
     # windows per micro-batch, per process
     batch_size: int = option(16, low=1)

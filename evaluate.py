@@ -2,11 +2,15 @@
 Score a checkpoint on the validation loss and the multiple-choice continuation test (downstream.py).
 
     python evaluate.py --ckpt out/ar                       # a run folder (best.pt, else ckpt.pt) or a file
-    python evaluate.py --ckpt out/diffusion --mc_items=1000
+    python evaluate.py --ckpt out/diffusion --mc_items=1000 --elbo_samples=128 --eval_windows=256
 
-The validation loss is the run's own (AR: exact NLL; diffusion: ELBO with K = the run's --elbo_samples) on the
-run's validation windows; the test uses the same K for diffusion's conditional ELBO.
+The validation loss is the run's own (AR: exact NLL; diffusion: ELBO with K = the run's --elbo_samples, or the K
+given) on the run's validation windows; the test uses the same K for diffusion's conditional ELBO. Its items come
+from the val files the run's own per-evaluation items did not (downstream.split_files).
 """
+if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
 import math
 import sys
 from dataclasses import dataclass
@@ -16,9 +20,9 @@ import torch
 import downstream
 import train_ar
 import train_diffusion
+from cli import option, parse_args, run_cli
 from data import load_run_data, load_tokens, val_windows
 from runtime import load_checkpoint, model_from_checkpoint, pick_device
-from cli import option, parse_args, run_cli
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
@@ -35,7 +39,12 @@ class EvalConfig:
     # continuation tokens of an item (0: 24 for bytes, 16 for BPE, as above)
     mc_continuation: int = option(0, low=0)
     mc_choices: int = option(4, low=2)
-    mc_seed: int = option(-1, low=-1)  # which items (-1: the run's eval_seed, as in its log)
+    mc_seed: int = option(-1, low=-1)  # which items (-1: the run's eval_seed)
+    # which val files the items come from: test (held out from the run's own selection items), selection (those
+    # the run's log scored, its eval_seed and mc_items giving the very items), or all
+    mc_set: str = option("test", choices=("test", "selection", "all"))
+    # K of diffusion's ELBOs (0: the run's --elbo_samples)
+    elbo_samples: int = option(0, low=0)
     device: str = "auto"
 
 
@@ -43,38 +52,57 @@ def show_progress(done, total):
     print(f"\r  multiple choice: {done}/{total} items", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
+def loaded(path, device, data_dir="", dataset=""):
+    """(checkpoint, its training config, its data folder's meta, val tokens, model on device) of a checkpoint."""
+    ckpt = load_checkpoint(path)
+    train, folder, meta = load_run_data(ckpt, data_dir, dataset)
+    return ckpt, train, meta, load_tokens(folder, "val", meta), model_from_checkpoint(ckpt, device)
+
+
+def val_score(ckpt, model, val_tokens, block_size, windows, samples, batch_size, seed):
+    """Validation loss in nats/token on `windows` fixed val windows (0: all), diffusion's ELBO at K = samples."""
+    device = model.embed.weight.device
+    rows = val_windows(val_tokens, block_size, windows)
+    with torch.no_grad():
+        nats, count = SCRIPTS[ckpt["kind"]].validation_loss(model, rows.to(device), torch.arange(len(rows)), samples,
+                                                            batch_size, seed)
+    return nats / count, len(rows)
+
+
+def choice_correct(ckpt, model, items, samples, batch_size, seed, progress=None):
+    """A bool per multiple-choice item (downstream.correct_choices), diffusion's conditional ELBO at K = samples."""
+    device = model.embed.weight.device
+    nll = SCRIPTS[ckpt["kind"]].continuation_nll
+    with torch.no_grad():
+        return downstream.correct_choices(items, lambda c, x, ids: nll(model, c.to(device), x.to(device), ids,
+                                                                       samples, batch_size, seed), progress=progress)
+
+
 def main(argv=None):
     config = EvalConfig()
     parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
-    ckpt = load_checkpoint(config.ckpt)
-    train, data_dir, meta = load_run_data(ckpt, config.data_dir, config.dataset)
-    context_len, continuation_len = downstream.item_lengths(meta, train.block_size, config.mc_context,
-                                                            config.mc_continuation)
-    if config.eval_windows >= 0:
-        train.eval_windows = config.eval_windows
     device = pick_device(config.device)
-    model = model_from_checkpoint(ckpt, device)
-    script = SCRIPTS[ckpt["kind"]]
-    val_tokens = load_tokens(data_dir, "val", meta)
+    ckpt, train, meta, val_tokens, model = loaded(config.ckpt, device, config.data_dir, config.dataset)
+    lengths = downstream.item_lengths(meta, train.block_size, config.mc_context, config.mc_continuation)
+    windows = train.eval_windows if config.eval_windows < 0 else config.eval_windows
+    samples = config.elbo_samples or train.elbo_samples
     print(f"{config.ckpt} ({ckpt['kind']}, {model.num_params() / 1e6:.2f}M parameters, iteration {ckpt['iter']}, "
           f"epoch {ckpt['epoch']:.1f})")
 
-    with torch.no_grad():
-        windows = val_windows(val_tokens, train.block_size, train.eval_windows)
-        nats, count = script.validation_loss(model, windows.to(device), torch.arange(len(windows)),
-                                             train.elbo_samples, train.eval_batch_size, train.eval_seed)
-        kind_of_loss = "exact NLL" if ckpt["kind"] == "ar" else f"ELBO, K = {train.elbo_samples}"
-        print(f"val loss: {nats / count:.4f} nats/token ({len(windows)} windows; {kind_of_loss})"
-              + (f", {nats / count / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
-        items = downstream.build_items(val_tokens, config.mc_items, context_len, continuation_len,
-                                       config.mc_choices, train.eval_seed if config.mc_seed < 0 else config.mc_seed)
-        acc, se, chance = downstream.accuracy(
-            items, lambda c, x, ids: script.continuation_nll(
-                model, c.to(device), x.to(device), ids, train.elbo_samples, train.eval_batch_size, train.eval_seed),
-            progress=show_progress)
-    print(f"multiple choice: {acc:.3f} +- {se:.3f} ({config.mc_items} items, {config.mc_choices} choices: chance "
-          f"{chance:.3f}; context {context_len}, continuation {continuation_len} tokens)")
-    return {"val_loss": nats / count, "mc_accuracy": acc, "mc_se": se, "chance": chance}
+    loss, n_windows = val_score(ckpt, model, val_tokens, train.block_size, windows, samples, train.eval_batch_size,
+                                train.eval_seed)
+    kind_of_loss = "exact NLL" if ckpt["kind"] == "ar" else f"ELBO, K = {samples}"
+    print(f"val loss: {loss:.4f} nats/token ({n_windows} windows; {kind_of_loss})"
+          + (f", {loss / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
+    items = downstream.build_items(val_tokens, config.mc_items, *lengths, config.mc_choices,
+                                   train.eval_seed if config.mc_seed < 0 else config.mc_seed,
+                                   files=downstream.item_set(val_tokens, meta, config.mc_set))
+    correct = choice_correct(ckpt, model, items, samples, train.eval_batch_size, train.eval_seed, show_progress)
+    acc, chance = correct.double().mean().item(), 1 / config.mc_choices
+    se = math.sqrt(acc * (1 - acc) / len(correct))
+    print(f"multiple choice ({config.mc_set} files): {acc:.3f} +- {se:.3f} ({config.mc_items} items, "
+          f"{config.mc_choices} choices: chance {chance:.3f}; context {lengths[0]}, continuation {lengths[1]} tokens)")
+    return {"val_loss": loss, "mc_accuracy": acc, "mc_se": se, "chance": chance}
 
 
 if __name__ == "__main__":

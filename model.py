@@ -32,7 +32,9 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128
     causal: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.0  # residual branches' outputs
+    attn_dropout: float = 0.0  # attention weights
+    embd_dropout: float = 0.0  # token embeddings
     rope_theta: float = 10000.0
 
     def __post_init__(self):
@@ -112,6 +114,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.causal = config.causal
+        self.attn_dropout = config.attn_dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
@@ -133,9 +136,10 @@ class Attention(nn.Module):
                 # a chunk after a cached prefix: query i sees keys up to start + i
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 is_causal = False
-        # no dropout on the attention weights: SDPA draws it from each process's own stream, and a DDP run must
-        # draw exactly the masks of one process (shared_dropout below, on the residual branches, can)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        # dropout on the attention weights comes from each process's own stream (SDPA draws it), unlike
+        # shared_dropout's global masks below: the one draw a DDP run does not share with a single process
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -211,6 +215,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})")
         rotations = self.rope_rotations[start:start + T]
         x = self.embed(idx)
+        if self.training and self.config.embd_dropout:
+            x = shared_dropout(x, self.config.embd_dropout, self.dropout_share)
         for i, block in enumerate(self.blocks):
             x = block(x, rotations, cache, i, self.dropout_share)
         if cache is not None:

@@ -13,6 +13,9 @@ English), and `python`, the running interpreter's standard-library source (~12 M
 into train and val by whole files, each ending with an end-of-text token). A `bpe` tokenizer is trained on the
 train split only and saved beside the data (tokenizer.py).
 """
+if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
 import errno
 import gzip
 import hashlib

@@ -222,12 +222,14 @@ def load_weights(model, ckpt, path):
         raise UserError(f"{path}: its weights do not fit its model ({first.rstrip('.')})") from None
 
 
-def save_checkpoint(folder, header, best, training):
-    """best.pt (when the run improved since the last save: its weights waited in memory), then ckpt.pt: everything
-    --resume needs to continue exactly, into the folders.RunFolder's current folder; then folder.checkpointed(), where
-    an --overwrite's new run takes out_dir's place. `header` (kind, model_args, config, meta) goes into both files."""
-    if best is not None:
-        atomic_save(dict(header, **best), os.path.join(folder.path, "best.pt"))
+def save_checkpoint(folder, header, bests, training):
+    """The best weights ({file name: weights, or None where the run has not improved since the last save: they
+    waited in memory}), then ckpt.pt: everything --resume needs to continue exactly, into the folders.RunFolder's
+    current folder; then folder.checkpointed(), where an --overwrite's new run takes out_dir's place. `header`
+    (kind, model_args, config, meta) goes into every file."""
+    for name, best in bests.items():
+        if best is not None:
+            atomic_save(dict(header, **best), os.path.join(folder.path, name))
     atomic_save(dict(header, **training), os.path.join(folder.path, "ckpt.pt"))
     folder.checkpointed()
 

@@ -9,6 +9,9 @@ In a prompt, `[MASK]` stands for one unknown token and `[MASK*N]` for N of them.
 prompt from a file. The checkpoint's kind picks the decoder; its tokenizer decodes the text.
 The functions are importable: ar_generate and diffusion_generate take a model and token tensors.
 """
+if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
 import codecs
 import re
 import sys

@@ -8,6 +8,9 @@ The loop, data, schedule and checkpoints live in trainer.py; this file holds onl
 attention, the next-token loss, and that loss's two evaluations (the exact validation NLL and the exact NLL of a
 continuation). `diff train_ar.py train_diffusion.py` shows everything that differs between the two.
 """
+if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
 import torch
 import torch.nn.functional as F
 

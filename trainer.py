@@ -77,7 +77,8 @@ def build_model(config, meta, causal, device, ckpt):
     torch.manual_seed(config.seed)  # the initial weights, and dropout's stream
     model = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=config.block_size, n_layer=config.n_layer,
                                     n_head=config.n_head, n_embd=config.n_embd, causal=causal,
-                                    dropout=config.dropout)).to(device)
+                                    dropout=config.dropout, attn_dropout=config.attn_dropout,
+                                    embd_dropout=config.embd_dropout)).to(device)
     optimizer = make_optimizer(model, config, device.type)
     if ckpt is not None:
         runtime.load_weights(model, ckpt, os.path.join(config.out_dir, "ckpt.pt"))
@@ -97,11 +98,12 @@ def wrap_model(model, config, rank, world_size, device):
 
 
 def choice_items(val_tokens, meta, config):
-    """The multiple-choice items scored at every evaluation (downstream.py), or None with --mc_items=0."""
+    """The multiple-choice items scored at every evaluation (downstream.py), from the val split's selection files
+    (evaluate.py's held-out test set is the other files), or None with --mc_items=0."""
     if not config.mc_items:
         return None
     return downstream.build_items(val_tokens, config.mc_items, *downstream.item_lengths(meta, config.block_size),
-                                  seed=config.eval_seed)
+                                  seed=config.eval_seed, files=downstream.item_set(val_tokens, meta, "selection"))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -133,6 +135,13 @@ def choice_accuracy(continuation_nll, model, items, config, autocast):
     return acc, se
 
 
+def weights_at(model, state, record, val_loss):
+    """A copy of the weights on the CPU, with where they were (a checkpoint saves them to best.pt or best_choice.pt)."""
+    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "iter": state.iter, "epoch": record["epoch"], "best_val": val_loss,
+            "mc_accuracy": record.get("mc_accuracy")}
+
+
 def check_finite(first_nonfinite_iter, model, out_dir):
     """Stop (UserError) before a log or a save if a training loss so far, or a weight, is NaN or infinite: nothing
     non-finite reaches a file. A sync with the device, so only at logs and saves."""
@@ -158,6 +167,7 @@ class LoopState:
     windows_seen: int = 0  # training windows consumed by all processes: the position in the epoch orders
     best_val: float = float("inf")
     best_iter: int = -1
+    best_choice: float = -1.0  # the best multiple-choice accuracy so far (its weights go to best_choice.pt)
     evaluated_iter: int = -1  # a resumed run does not evaluate its checkpoint's iteration again
     train_loss_sum: float = 0.0  # since the last evaluation; a tensor on the device while the loop runs
     train_loss_count: int = 0
@@ -278,7 +288,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
     state = start_state(ckpt, scaler, rank, device)
     start_iter, saved_iter = state.iter, state.iter if resuming else -1
     first_nonfinite_iter = torch.tensor(-1, device=device)  # the first non-finite step, kept on the device (no sync)
-    best = None  # the best weights, held in memory until the next checkpoint writes them to best.pt
+    best = best_choice = None  # the best weights (by loss, by accuracy), in memory until the next checkpoint
     grad_norm = None  # the last step's, on the device until an evaluation logs it
     t_start = t_log = time.time()
     iters_since_log = 0
@@ -299,6 +309,9 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                 if master and items is not None:  # rank 0 scores them; the others wait at the next step
                     record["mc_accuracy"], record["mc_se"] = choice_accuracy(continuation_nll, raw_model, items,
                                                                              config, autocast)
+                    if record["mc_accuracy"] > state.best_choice:  # a second rule to choose a checkpoint by
+                        state.best_choice = record["mc_accuracy"]
+                        best_choice = weights_at(raw_model, state, record, val_loss)
                 is_best = val_loss < state.best_val
                 state.train_loss_sum.zero_()
                 state.train_loss_count, state.evaluated_iter = 0, state.iter
@@ -308,8 +321,7 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                 if master:
                     print(eval_line(record, is_best), flush=True)
                 if master and is_best:
-                    best = {"model": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()},
-                            "iter": state.iter, "epoch": record["epoch"], "best_val": val_loss}
+                    best = weights_at(raw_model, state, record, val_loss)
                 t_log, iters_since_log = time.time(), 0  # tokens/s counts training time only
 
             # checkpoint: see checkpoint_due; and whenever --stop_after_s runs out
@@ -320,12 +332,13 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
                 saved = dict(dataclasses.asdict(state), train_loss_sum=float(state.train_loss_sum),
                              elapsed_before=state.elapsed_before + time.time() - t_start)
                 if master:  # then --overwrite's new run takes out_dir's place (at its first checkpoint)
-                    runtime.save_checkpoint(folder, header, best, {
+                    runtime.save_checkpoint(folder, header, {"best.pt": best, "best_choice.pt": best_choice}, {
                         "model": raw_model.state_dict(), "iter": state.iter,
                         "epoch": state.windows_seen / train_windows.n, "best_val": state.best_val,
                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "state": saved,
                         "rng": rngs, "dtype": str(dtype)[len("torch."):]})
-                best, saved_iter = None, state.iter
+                best = best_choice = None
+                saved_iter = state.iter
             if state.iter >= total_iters or stopping:
                 break
 

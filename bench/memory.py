@@ -16,9 +16,11 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
+import torch  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
 from cli import list_items, option, parse_args, run_cli  # noqa: E402
 from runtime import mixed_precision, number_format, pick_device  # noqa: E402

@@ -16,9 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
+import torch  # noqa: E402
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape  # noqa: E402

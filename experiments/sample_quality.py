@@ -18,9 +18,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
+import torch  # noqa: E402
 import train_ar  # noqa: E402
 from data import load_run_data, load_tokens  # noqa: E402
 from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402

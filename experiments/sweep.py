@@ -16,8 +16,9 @@ each training seed (OUT/..._s<seed>); `--repeat_seeds=2,3` instead repeats only 
 the grid is done. The verdict averages a setting over its seeds: one run's best loss can move with the seed alone.
 
 Running: `--jobs=N` runs N at a time (0: as many as fit in the GPU's memory, measured; on a CPU one), each with
-cores / jobs threads; a status line per run shows every `--status_every_s` seconds. `--min_iters=100` lowers each
-run's grad_accum (never its micro-batch, so memory stays put) until it takes at least that many optimizer steps.
+cores / jobs threads; a status line per run shows every `--status_every_s` seconds. One batch rule for every run
+of both kinds (paper 1 gives both the same batch): `--min_iters=100` lowers the grid's one step (grad_accum first,
+then the micro-batch) until its shortest run takes at least that many optimizer steps.
 
 The plan: before training, each run's parameters, FLOPs, steps and tokens per step print. `--measure_steps=5`
 times that many training steps of each model on this device first, and the plan gives each run's measured
@@ -36,10 +37,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
+import torch  # noqa: E402
 import compare  # noqa: E402
 from cli import UserError, fmt_time, list_items, option, parse_args, run_cli  # noqa: E402
 from folders import LOCK_FILE, lock_holder  # noqa: E402
@@ -76,7 +79,7 @@ class SweepConfig:
     ar_variants: str = ""
     # the same for diffusion
     diffusion_variants: str = ""
-    # lower each run's grad_accum until it takes at least this many optimizer steps (0: keep it)
+    # lower every run's step (one for all) until the shortest run takes this many optimizer steps (0: keep it)
     min_iters: int = option(0, low=0)
     # time this many training steps of each model on this device before training (0: no measurement)
     measure_steps: int = option(0, low=0)
@@ -160,27 +163,45 @@ def training_config(options):
 
 
 def size_runs(grid, config):
-    """Each run's training config, model size and step; with --min_iters, its grad_accum lowered, then its
-    micro-batch halved, until it takes at least min_iters steps (memory only goes down). Checks every run's options
-    before anything runs."""
+    """Each run's training config, model size and step, every run's options checked before anything runs. One batch
+    rule for every run: with --min_iters, the grid's one step (windows per optimizer step) is lowered, first in
+    grad_accum, then in micro-batch (memory only goes down), until the shortest run takes at least min_iters steps."""
     from model import ModelConfig, Transformer
     for run in grid:
-        train, meta = training_config(run["options"])
-        windows = (min(config.unique_tokens, meta["train_tokens"]) - 1) // train.block_size
-        windows_total = math.ceil(run["setting"][-1] * windows)  # the setting ends with the epochs
-        if config.min_iters:
-            train.grad_accum = max(1, min(train.grad_accum, windows_total // (config.min_iters * train.batch_size)))
-            while train.grad_accum == 1 and train.batch_size > 1 and \
-                    windows_total // train.batch_size < config.min_iters:
-                train.batch_size //= 2
-            run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}", f"--batch_size={train.batch_size}"]
+        run["train"], run["meta"] = training_config(run["options"])
+        windows = (min(config.unique_tokens, run["meta"]["train_tokens"]) - 1) // run["train"].block_size
+        run["windows_total"] = math.ceil(run["setting"][-1] * windows)  # the setting ends with the epochs
+    step = min((r["train"].batch_size * r["train"].grad_accum for r in grid), default=1)
+    if config.min_iters and grid:
+        step = max(1, min(step, min(r["windows_total"] for r in grid) // config.min_iters))
+    for run in grid:
+        train = run["train"]
+        if step >= train.batch_size:
+            train.grad_accum = step // train.batch_size
+        else:
+            train.batch_size, train.grad_accum = step, 1
+        run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}", f"--batch_size={train.batch_size}"]
         with torch.device("meta"):  # sizes only: no memory, no initialisation
-            net = Transformer(ModelConfig(n_vocab=meta["n_vocab"], block_size=train.block_size, n_layer=train.n_layer,
-                                          n_head=train.n_head, n_embd=train.n_embd, causal=run["kind"] == "ar"))
-        step = train.batch_size * train.grad_accum
-        run.update(train=train, meta=meta, params=net.num_params(), flops_per_token=net.flops_per_token(),
-                   tokens=windows_total * train.block_size, iters=math.ceil(windows_total / step),
-                   tokens_per_step=step * train.block_size)
+            net = Transformer(ModelConfig(n_vocab=run["meta"]["n_vocab"], block_size=train.block_size,
+                                          n_layer=train.n_layer, n_head=train.n_head, n_embd=train.n_embd,
+                                          causal=run["kind"] == "ar"))
+        windows_per_step = train.batch_size * train.grad_accum
+        run.update(params=net.num_params(), flops_per_token=net.flops_per_token(),
+                   per_unique_token=(net.num_params() - net.embed.weight.numel()) / config.unique_tokens,
+                   tokens=run["windows_total"] * train.block_size,
+                   iters=math.ceil(run["windows_total"] / windows_per_step),
+                   tokens_per_step=windows_per_step * train.block_size)
+
+
+def batch_rule(grid, config):
+    """The plan's line on the one batch rule (each run's tokens per step, and the fewest steps a run takes)."""
+    steps = sorted({run["tokens_per_step"] for run in grid})
+    shortest = min(grid, key=lambda r: r["iters"])
+    same = f"{steps[0]:,} tokens per optimizer step for every run" if len(steps) == 1 else \
+        f"tokens per optimizer step differ between runs ({', '.join(f'{s:,}' for s in steps)}): give both kinds one"
+    return (f"batch rule: {same}" + (f" (lowered until each run takes at least {config.min_iters} steps)"
+                                     if config.min_iters else "") + f"; the shortest run, {shortest['name']}, "
+            f"takes {shortest['iters']:,} steps")
 
 
 def measure(kind, train, meta, steps, warmup=3):
@@ -239,16 +260,20 @@ def repeats_seconds(grid, config):
 def print_plan(grid, config, peak, startup_s):
     """The plan's table and its total; with a measured or assumed rate, each run's minutes."""
     timed = all(run["seconds"] is not None for run in grid)
-    print(f"{'run':<30} {'params':>8} {'FLOPs/tok':>10} {'tokens':>12} {'FLOPs':>9} {'steps':>6} {'tok/step':>8}"
-          + (f" {'tok/s':>10} {'MFU':>6} {'min':>6}" if timed else ""))
+    print(f"{'run':<30} {'params':>8} {'per U':>6} {'FLOPs/tok':>10} {'tokens':>12} {'FLOPs':>9} {'steps':>6} "
+          f"{'tok/step':>8}" + (f" {'tok/s':>10} {'MFU':>6} {'min':>6}" if timed else ""))
     for run in grid:
-        line = (f"{run['name']:<30} {run['params'] / 1e6:>7.2f}M {run['flops_per_token'] / 1e6:>9.1f}M "
-                f"{run['tokens']:>12,} {run['flops_per_token'] * run['tokens']:>9.2e} {run['iters']:>6,} "
-                f"{run['tokens_per_step']:>8,}")
+        line = (f"{run['name']:<30} {run['params'] / 1e6:>7.2f}M {run['per_unique_token']:>6.2f} "
+                f"{run['flops_per_token'] / 1e6:>9.1f}M {run['tokens']:>12,} "
+                f"{run['flops_per_token'] * run['tokens']:>9.2e} {run['iters']:>6,} {run['tokens_per_step']:>8,}")
         if timed:
             mfu = f"{100 * run['rate'] * run['flops_per_token'] / peak:.0f}%" if peak else "-"
             line += f" {run['rate']:>10,.0f} {mfu:>6} {run['seconds'] / 60:>6.2f}"
         print(line)
+    print("per U: non-embedding parameters per unique token (paper 1's best pair at U = 100M: AR 1.06, diffusion "
+          "3.5)")
+    if grid:
+        print(batch_rule(grid, config))
     total_flops = sum(run["flops_per_token"] * run["tokens"] for run in grid)
     text = f"plan: {len(grid)} runs, {total_flops:.2e} training FLOPs"
     if timed:
@@ -419,19 +444,6 @@ def train_all(runs, config, jobs, t_start):
     return failed
 
 
-def best_settings(rows, setting_of):
-    """Each kind's best setting by mean best validation loss over its seeds."""
-    groups = {}
-    for r in rows:
-        groups.setdefault(setting_of[r["run"]], []).append(r["best_val"])
-    best = {}
-    for setting, vals in groups.items():
-        mean = sum(vals) / len(vals)
-        if setting[0] not in best or mean < best[setting[0]][1]:
-            best[setting[0]] = (setting, mean)
-    return {kind: setting for kind, (setting, _) in best.items()}
-
-
 def child_setup():
     """In a run's process, before it starts: Ctrl-C's default back (a sweep started with SIGINT ignored, as `nohup`
     or `cmd &` do, would pass that on, and the sweep stops its runs with SIGINT), and on Linux a SIGINT when the
@@ -452,7 +464,25 @@ def main(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     config = SweepConfig()
     parse_args(argv[:split], config, doc=__doc__)
-    extra = argv[split + 1:]
+    t_start = time.time()
+    trained = train_grid(config, argv[split + 1:])
+    if trained is None:
+        return None
+    runs, winners = trained
+    plot = config.plot or os.path.join(config.out, "compare.png")
+    rows = compare.main(run_folders(config, runs) + [f"--plot={plot}", "--xscale=log"])
+    print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
+    print(f"sweep done in {fmt_time(time.time() - t_start)}")
+    return rows
+
+
+def run_folders(config, runs):
+    return [os.path.join(config.out, r["name"]) for r in runs]
+
+
+def train_grid(config, extra):
+    """Plan the grid, train every run (and with --repeat_seeds each kind's winner again); returns (runs, the
+    repeated winners or None) once every run has finished, None after a plan only or a spent time budget."""
     list_items("repeat_seeds", config.repeat_seeds, int)
     t_plan = time.time()
     grid = make_grid(config, extra)
@@ -467,11 +497,10 @@ def main(argv=None):
     print(f"training {len(grid)} runs, {jobs} at a time", flush=True)
     failed = train_all(grid, config, jobs, t_start)
     runs, winners = list(grid), None
-    folders = lambda: [os.path.join(config.out, r["name"]) for r in runs]  # noqa: E731
-    if not failed and all(map(run_is_finished, folders())) and config.repeat_seeds:
+    if not failed and all(map(run_is_finished, run_folders(config, runs))) and config.repeat_seeds:
         setting_of = {r["name"]: r["setting"] for r in runs}
-        rows = [compare.summarize(f) for f in folders()]
-        winners = best_settings(rows, setting_of)
+        rows = [compare.summarize(f) for f in run_folders(config, runs)]
+        winners = {k: b["setting"] for k, b in kind_bests(rows, setting_of).items()}
         repeats = [with_seed(r, seed) for r in grid if r["setting"] in winners.values()
                    for seed in list_items("repeat_seeds", config.repeat_seeds, int)]
         print(f"repeating each kind's best setting with seeds {config.repeat_seeds}: "
@@ -480,48 +509,70 @@ def main(argv=None):
         failed = train_all(repeats, config, jobs, t_start)
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)} (their output is in stdout.txt there)")
-    unfinished = [f for f in folders() if not run_is_finished(f)]
+    unfinished = [f for f in run_folders(config, runs) if not run_is_finished(f)]
     if unfinished:
         print(f"time budget spent ({config.time_budget_s:g}s): {len(unfinished)} run(s) not finished; run the same "
               f"command again to continue them")
         return None
-    plot = config.plot or os.path.join(config.out, "compare.png")
-    rows = compare.main(folders() + [f"--plot={plot}", "--xscale=log"])
-    print(verdict(rows, {r["name"]: r["setting"] for r in runs}, winners))
-    print(f"sweep done in {fmt_time(time.time() - t_start)}")
-    return rows
+    return runs, winners
 
 
-def verdict(rows, setting_of, chosen=None):
-    """Each kind's best setting (lowest mean best-val over seeds) and the margin between the two kinds. With
-    `chosen` ({kind: setting}: the grid's winners that --repeat_seeds ran again), each kind is that setting, over
-    all its seeds: a setting with one lucky seed does not beat the winner's honest mean."""
+def kind_bests(rows, setting_of, chosen=None):
+    """Each kind's best setting: the lowest mean over its seeds of each run's own best score (row["score"], else
+    its best validation loss). With `chosen` ({kind: setting}: the grid's winners that --repeat_seeds ran again),
+    each kind is that setting, over all its seeds: a setting with one lucky seed does not beat the winner's honest
+    mean. Returns {kind: {mean, std, n, setting, epochs, best_epoch, params, label, run, edges}}."""
     groups = {}
     for r in rows:
         groups.setdefault(setting_of[r["run"]], []).append(r)
     best = {}
     for setting, runs in groups.items():
-        kind, epochs = setting[0], setting[-1]
+        kind = setting[0]
         if chosen and setting != chosen.get(kind, setting):
             continue
-        vals = [r["best_val"] for r in runs]
+        vals = [r.get("score", r["best_val"]) for r in runs]
         mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        epoch = sum(r["best_epoch"] for r in runs) / len(runs)
         if kind not in best or mean < best[kind]["mean"]:
-            best[kind] = {"mean": mean, "std": std, "n": len(vals), "epochs": epochs, "best_epoch": epoch,
-                          "label": " ".join(str(p) for p in setting[1:-1] if p)}
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            best[kind] = {"mean": mean, "std": std, "n": len(vals), "setting": setting, "epochs": float(setting[-1]),
+                          "best_epoch": sum(r["best_epoch"] for r in runs) / len(runs), "params": runs[0].get("params"),
+                          "label": " ".join(str(p) for p in setting[1:-1] if p), "run": runs[0]["run"]}
+    for kind, b in best.items():
+        b["edges"] = grid_edges(b, [r for r in rows if r["kind"] == kind], setting_of)
+    return best
+
+
+def grid_edges(best, kind_rows, setting_of):
+    """Where a kind's best setting sits at an edge of its grid: its smallest or largest model, its fewest or most
+    epochs. Such a best is no frontier point (paper 1): a wider grid may hold a better one."""
+    sizes = sorted({r.get("params") for r in kind_rows if r.get("params") is not None})
+    epochs = sorted({float(setting_of[r["run"]][-1]) for r in kind_rows})
+    edges = []
+    if sizes and best["params"] is not None:
+        edges += ["one size only"] if len(sizes) == 1 else ["smallest size"] if best["params"] == sizes[0] else \
+            ["largest size"] if best["params"] == sizes[-1] else []
+    edges += ["one epoch count only"] if len(epochs) == 1 else ["fewest epochs"] if best["epochs"] == epochs[0] else \
+        ["most epochs"] if best["epochs"] == epochs[-1] else []
+    return edges
+
+
+def describe_best(name, b):
+    """One kind's best setting in words: its number, its epoch and where that sat in its schedule, its edges."""
+    spread = f" +- {b['std']:.4f} (std over {b['n']} seeds)" if b["n"] > 1 else ""
+    label = f" ({b['label']})" if b["label"] else ""
+    edges = f" [not bracketed: {', '.join(b['edges'])} of its grid; widen the grid]" if b["edges"] else ""
+    return (f"best {name}{label} {b['mean']:.4f}{spread} at epoch {b['best_epoch']:.1f} of {b['epochs']:g}-epoch "
+            f"runs ({100 * b['best_epoch'] / b['epochs']:.0f}% of its schedule){edges}")
+
+
+def verdict(rows, setting_of, chosen=None):
+    """Each kind's best setting (kind_bests), flagged where it is not bracketed, and the margin between the kinds."""
+    best = kind_bests(rows, setting_of, chosen)
     if "ar" not in best or "diffusion" not in best:
         return "one kind only: no verdict"
-
-    def describe(name, b):
-        spread = f" +- {b['std']:.4f} (std over {b['n']} seeds)" if b["n"] > 1 else ""
-        label = f" ({b['label']})" if b["label"] else ""
-        return (f"best {name}{label} {b['mean']:.4f}{spread} at epoch {b['best_epoch']:.1f} of "
-                f"{float(b['epochs']):g}-epoch runs")
     margin = best["ar"]["mean"] - best["diffusion"]["mean"]
     winner = "diffusion" if margin > 0 else "AR"
-    return (f"{describe('AR', best['ar'])} | {describe('diffusion', best['diffusion'])} | "
+    return (f"{describe_best('AR', best['ar'])} | {describe_best('diffusion', best['diffusion'])} | "
             f"{winner} lower by {abs(margin):.4f} nats/token")
 
 

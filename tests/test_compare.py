@@ -126,54 +126,6 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
         sweep.main(["--seeds=1,two", f"--out={out}"])
 
 
-def test_gpu_recipe_at_a_tiny_size_on_cpu(tmp_path):
-    """The GPU recipe end to end with tiny settings: the offline Python corpus, a BPE, AR at two regularisations
-    and two epoch counts, diffusion, two runs at a time, a measured plan before the runs, every run at
-    least MIN_ITERS steps, the winners repeated with another seed, then the table and a verdict over their seeds."""
-    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), OUT=str(tmp_path / "out"), VOCAB="300", U="3000",
-               AR_MODELS="1x32x2", DIFFUSION_MODELS="2x32x2", AR_EPOCHS="1,3", DIFFUSION_EPOCHS="4",
-               MIN_ITERS="8", BUDGET="600", OMP_NUM_THREADS="1", JOBS="2", PYTHON=sys.executable, REPEAT_SEEDS="2",
-               TRAIN="--block_size=32 --batch_size=16 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
-    result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
-    grid = [f"ar_1x32x2_{v}_e{e}" for v in ("papers", "strong") for e in (1, 3)] + ["diffusion_2x32x2_e4"]
-    plan = {}  # the plan's row of each run: the first line that starts with its name
-    for line in out.splitlines():
-        if line.split() and line.split()[0] in grid:
-            plan.setdefault(line.split()[0], line.split())
-    assert sorted(plan) == sorted(grid) and out.index("plan: 5 runs") < out.index("running:")
-    assert all(float(row[7].replace(",", "")) > 0 for row in plan.values())  # a measured tokens/s for every run
-    windows = (3000 - 1) // 32
-    for run in grid:
-        log = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
-        config = torch.load(tmp_path / "out" / run / "ckpt.pt", weights_only=False)["config"]
-        assert log[-1]["done"] and log[-1]["unique_tokens"] == 3000 and log[-1]["kind"] == run.split("_")[0]
-        assert config["dataset"] == "python_bpe300" and config["lr"] == (1e-3 if run.startswith("ar") else 1.5e-3)
-        assert config["weight_decay"] == (1.0 if "strong" in run else 0.1) and config["dropout"] == 0.1
-        # at least MIN_ITERS optimizer steps: the 1-epoch AR runs on 93 windows get 8 windows a step, not 16
-        assert log[-1]["iter"] >= 8 and int(plan[run][5]) == log[-1]["iter"]
-        assert config["batch_size"] == (8 if run.endswith("_e1") else 16)
-        assert log[-1]["iter"] == -(-round(float(run.rsplit("_e", 1)[1]) * windows) // config["batch_size"])
-    repeats = re.search(r"repeating each kind's best setting with seeds 2: (.+)", out).group(1).split(", ")
-    assert len(repeats) == 2 and all(r.rsplit("_s", 1)[0] in grid for r in repeats)
-    winners = {r.rsplit("_s", 1)[0] for r in repeats}
-    best_vals = {name: min(json.loads(line)["val_loss"] for line in open(tmp_path / "out" / name / "log.jsonl"))
-                 for name in grid + repeats}
-    for kind in ("ar", "diffusion"):  # the grid's winner of each kind is the run with the lowest best val
-        assert min((n for n in grid if n.startswith(kind)), key=best_vals.get) in winners
-    verdict = [line for line in out.splitlines() if line.startswith("best AR")]
-    ar_winner = next(w for w in winners if w.startswith("ar"))
-    ar_mean = sum(best_vals[n] for n in (ar_winner, ar_winner + "_s2")) / 2
-    assert len(verdict) == 1 and f"best AR ({ar_winner.split('_')[1]} {ar_winner.split('_')[2]}) {ar_mean:.4f}" \
-        in verdict[0] and verdict[0].count("(std over 2 seeds)") == 2 and "lower by" in verdict[0]
-    meta = json.load(open(tmp_path / "data" / "python_bpe300" / "meta.json"))
-    assert meta["tokenizer"] == "bpe" and meta["bpe_vocab_size"] == 300 and meta["eot_id"] == 300
-    # checkpoints only at the end: each run leaves its final ckpt.pt and best.pt, nothing else
-    assert sorted(os.listdir(tmp_path / "out" / grid[0])) == ["best.pt", "ckpt.pt", "log.jsonl", "stdout.txt"]
-
-
 def test_a_plan_over_its_budget_is_refused_before_anything_is_written(data_dir, tmp_path, capsys):
     out = str(tmp_path / "sweep")
     # an assumed rate rather than a measured one: the same plan twice, whatever the machine's load
@@ -221,7 +173,7 @@ def test_sweep_model_sizes_and_bad_values(data_dir, tmp_path, capsys):
                 "--block_size=32"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:4]] == ["ar_1x32x2_e2", "ar_2x64x2_e2", "diffusion_e10"]
-    flops = [float(line.split()[4]) for line in lines[1:4]]
+    flops = [float(line.split()[5]) for line in lines[1:4]]
     assert flops[1] > 2 * flops[0] and lines[-1].startswith("plan: 3 runs")
     assert not os.path.exists(os.path.join("out", "sweep", "ar_1x32x2_e2"))  # a plan trains nothing
 

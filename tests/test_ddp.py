@@ -21,11 +21,12 @@ def read_log(folder):
 @pytest.mark.parametrize("kind,epoch_order", [("diffusion", "fixed"), ("ar", "documents")])
 def test_two_gloo_processes_equal_one_process_with_twice_the_batch(kind, epoch_order, tmp_path):
     """torchrun with 2 CPU processes (gloo) and batch 4 each trains like 1 process with batch 8, at the papers'
-    dropout 0.1: each process drops exactly the rows of the global mask that one process would."""
+    dropout 0.1 (on the residual branches and the embeddings): each process drops exactly the rows of the global mask
+    that one process would."""
     data_dir = make_tiny_documents(tmp_path)
     common = [a for a in tiny_args(data_dir, "", "--max_iters=12", "--eval_interval=6", "--grad_accum=2",
                                    "--elbo_samples=4", "--dataset=docs", f"--epoch_order={epoch_order}",
-                                   "--dropout=0.1")
+                                   "--dropout=0.1", "--embd_dropout=0.1")
               if not a.startswith(("--out_dir", "--batch_size", "--dataset=tiny"))]
     script = os.path.join(ROOT, f"train_{kind}.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -67,9 +68,10 @@ def option_names(script):
     import sample
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sweep
+    import gap_vs_u
     config = {"prepare_data.py": prepare_data.PrepareConfig, "train_ar.py": TrainConfig,
               "train_diffusion.py": TrainConfig, "sample.py": sample.SampleConfig,
-              "experiments/sweep.py": sweep.SweepConfig}[script]
+              "experiments/sweep.py": sweep.SweepConfig, "experiments/gap_vs_u.py": gap_vs_u.GapConfig}[script]
     return {f.name for f in dataclasses.fields(config)}
 
 

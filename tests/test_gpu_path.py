@@ -268,6 +268,27 @@ def test_ctrl_c_in_a_real_script_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 130 and err == "interrupted\n", err[-500:]
 
 
+@pytest.mark.parametrize("script", ["train_diffusion.py", "evaluate.py", "experiments/protocol.py"])
+def test_ctrl_c_during_the_start_up_imports_is_one_line_too(script):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", os.path.join(ROOT, script), "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # -X importtime writes a line per import to stderr: wait for the first import of torch, then interrupt it
+    seen = ""
+    while "torch" not in seen:
+        seen += proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130 and lines == ["interrupted"], err[-800:]
+    assert "Traceback" not in err and not out  # stopped before --help could print
+
+
 def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(data_dir, tmp_path, capsys):
     import signal
     import subprocess

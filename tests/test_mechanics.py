@@ -267,7 +267,8 @@ def test_evaluate_scores_the_items_a_run_logged_with_the_logged_accuracy(data_di
                 continuation_nll=train_ar.continuation_nll)
     log = read_log(out)
     best = min(log, key=lambda r: r["val_loss"])
-    result = evaluate.main([f"--ckpt={out}", "--mc_items=60"])  # best.pt, the run's own items (its eval_seed)
+    # best.pt, the run's own items (its eval_seed, its selection files)
+    result = evaluate.main([f"--ckpt={out}", "--mc_items=60", "--mc_set=selection"])
     assert result["mc_accuracy"] == best["mc_accuracy"] and len({r["mc_accuracy"] for r in log}) > 1
     assert json.load(open(os.path.join(data_dir, "tiny", "meta.json")))["tokenizer"] == "bytes"
 

@@ -112,3 +112,21 @@ def test_the_norm_gains_are_trained_though_folded_into_the_matrices():
     gains = [p for name, p in model.named_parameters() if name.endswith("norm_gain")]
     assert len(gains) == 2 * model.config.n_layer + 1
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
+
+
+@pytest.mark.parametrize("option", ["attn_dropout", "embd_dropout", "dropout"])
+def test_each_dropout_acts_in_training_only(option):
+    torch.manual_seed(0)
+    config = ModelConfig(n_vocab=100, block_size=16, n_layer=2, n_head=2, n_embd=32, causal=False, **{option: 0.5})
+    model, plain = Transformer(config), Transformer(ModelConfig(n_vocab=100, block_size=16, n_layer=2, n_head=2,
+                                                                n_embd=32, causal=False))
+    plain.load_state_dict(model.state_dict())
+    x = torch.randint(0, 100, (2, 16))
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x), plain(x))  # evaluation: no dropout anywhere
+    model.train(), plain.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    b = model(x)
+    assert not torch.allclose(a, b) and not torch.allclose(a, plain(x))  # training: drawn afresh, and applied

@@ -1,0 +1,281 @@
+"""
+Paper 1's comparison at one unique-token budget U, in one command: both kinds at model sizes set by non-embedding
+parameters per unique token, every (kind, size, epoch count) its own run with its own schedule, one batch rule for
+all; then every run's best checkpoint scored again at a large K on many validation windows, each kind taken at its
+best setting, and a downstream test on held-out items, scored paired.
+
+    python experiments/protocol.py --unique_tokens=300000 --out=out/protocol -- \
+        --data_dir=data --dataset=python_bpe8192 --block_size=512 --dropout=0.1
+    python experiments/gap_vs_u.py out/protocol          # the gap at every U done so far, and its plot
+
+Options before `--` are experiments/sweep.py's (jobs, budgets, variants, seeds, --min_iters, ...) and the ones
+below; everything after `--` goes to every training run. The runs go to OUT/u<U>/, the verdict to
+OUT/u<U>/verdict.json; the same command continues an interrupted U, and scores already computed are kept
+(OUT/u<U>/scores.json).
+
+The sizes: `--ar_per_token=0.5,4,35` asks for models of about 0.5, 4 and 35 non-embedding parameters per unique
+token, each the nearest shape of a fixed ladder (layers about width / 64); the plan prints what each got.
+`--ar_models=...` replaces them with the sizes given. Paper 1's best pair at U = 100M had AR at 1.06 and diffusion
+at 3.5 per unique token.
+
+The verdict: a setting's number is its own run's best checkpoint (best.pt) scored at K = --rescore_samples on
+--rescore_windows validation windows (AR: its exact NLL on those windows); each kind's best setting is flagged
+where it sits at an edge of its grid. The downstream test: --test_items items from the val files that no run's
+per-evaluation items came from (downstream.split_files), scored once by each kind's checkpoint chosen by a rule
+fixed in advance: its best validation loss (best.pt of the best setting) and, reported apart, its best accuracy on
+the selection items (best_choice.pt of the run that scored highest); the paired difference, clustered by file.
+"""
+import json
+import math
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
+    import cli
+    cli.quiet_start()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import compare  # noqa: E402
+import downstream  # noqa: E402
+import evaluate  # noqa: E402
+import sweep  # noqa: E402
+from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from runtime import pick_device  # noqa: E402
+
+
+@dataclass
+class ProtocolConfig(sweep.SweepConfig):  # every sweep option, these defaults, and the protocol's own
+    out: str = "out/protocol"
+    ar_epochs: str = option("4,10,25", items=float, above=0)
+    diffusion_epochs: str = option("50,150,400", items=float, above=0)
+    # model sizes in non-embedding parameters per unique token ('' or --ar_models: the sizes given)
+    ar_per_token: str = option("0.5,4,35", items=float, above=0)
+    diffusion_per_token: str = option("1,3,10", items=float, above=0)
+    # the final scores: K of diffusion's ELBO and the validation windows every run's best.pt is scored on
+    rescore_samples: int = option(128, low=1)
+    rescore_windows: int = option(256, low=1)
+    # the downstream test: items from the held-out val files, diffusion's K, and which items
+    test_items: int = option(2500, low=1)
+    test_samples: int = option(32, low=1)
+    test_seed: int = option(0, low=0)
+
+
+# ----------------------------------------------------------------------------- sizes by parameters per token
+
+LADDER_WIDTHS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512, 640, 768, 1024, 1280)
+
+
+def shape(width):
+    """(layers, width, heads) of the ladder's model at this width: about width / 64 layers (at least 2), heads of
+    64 channels (32 below width 128)."""
+    return max(2, round(width / 64)), width, width // 64 if width >= 128 else width // 32
+
+
+def non_embedding_params(layers, width):
+    """Attention (4 d^2), SwiGLU (3 d h) and two gains a layer, and the final gain (model.py)."""
+    hidden = (int(8 * width / 3) + 31) // 32 * 32
+    return layers * (4 * width * width + 3 * width * hidden + 2 * width) + width
+
+
+def model_for(per_token, unique_tokens):
+    """The ladder's shape nearest (in log) to per_token x unique_tokens non-embedding parameters, as 'LxWxH'."""
+    target = per_token * unique_tokens
+    layers, width, heads = min((shape(w) for w in LADDER_WIDTHS),
+                               key=lambda s: abs(math.log(non_embedding_params(*s[:2]) / target)))
+    return f"{layers}x{width}x{heads}"
+
+
+def sized_models(config):
+    """Each kind's --<kind>_models from its per-token targets, unless sizes were given."""
+    for kind in ("ar", "diffusion"):
+        if not getattr(config, f"{kind}_models"):
+            targets = list_items(f"{kind}_per_token", getattr(config, f"{kind}_per_token"), float)
+            if not targets:
+                raise UserError(f"give --{kind}_per_token or --{kind}_models: the {kind} grid has no size")
+            models = list(dict.fromkeys(model_for(t, config.unique_tokens) for t in targets))
+            setattr(config, f"{kind}_models", ",".join(models))
+
+
+# ----------------------------------------------------------------------------- scores, kept once computed
+
+class Scores:
+    """OUT/u<U>/scores.json: every score computed, by what it is, written whole after each one."""
+
+    def __init__(self, path):
+        self.path = path
+        self.values = json.load(open(path)) if os.path.isfile(path) else {}
+
+    def get(self, key, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.values, f)
+            os.replace(tmp, self.path)
+        return self.values[key]
+
+
+def checkpoint_id(path):
+    """A checkpoint file by its run, name and write time: a run trained again is scored again."""
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}@{os.stat(path).st_mtime_ns}"
+
+
+def rescore(rows, folder, config, scores, device):
+    """Each row's score: its best.pt at K = rescore_samples on rescore_windows validation windows."""
+    for r in rows:
+        path = os.path.join(folder, r["run"], "best.pt")
+        key = f"{checkpoint_id(path)} val K={config.rescore_samples} windows={config.rescore_windows}"
+
+        def compute():
+            ckpt, train, _, val_tokens, model = evaluate.loaded(path, device)
+            loss, n = evaluate.val_score(ckpt, model, val_tokens, train.block_size, config.rescore_windows,
+                                         config.rescore_samples, train.eval_batch_size, train.eval_seed)
+            print(f"  rescored {r['run']}: {loss:.4f} ({n} windows; logged best {r['best_val']:.4f})", flush=True)
+            return {"loss": loss, "windows": n}
+        found = scores.get(key, compute)
+        r["score"], r["score_windows"] = found["loss"], found["windows"]
+
+
+def test_items(folder, run, config):
+    """The held-out test items (the same for every run of the U: its data and block size are the grid's)."""
+    ckpt, train, meta, val_tokens, _ = evaluate.loaded(os.path.join(folder, run, "best.pt"), "cpu")
+    lengths = downstream.item_lengths(meta, train.block_size)
+    items = downstream.build_items(val_tokens, config.test_items, *lengths, seed=config.test_seed,
+                                   files=downstream.item_set(val_tokens, meta, "test"))
+    return items, lengths
+
+
+def test_correct(folder, run, file, items, config, scores, device):
+    """A bool per test item for one checkpoint (diffusion at K = test_samples)."""
+    key = (f"{checkpoint_id(os.path.join(folder, run, file))} test items={config.test_items} seed={config.test_seed} "
+           f"K={config.test_samples}")
+
+    def compute():
+        ckpt, train, _, _, model = evaluate.loaded(os.path.join(folder, run, file), device)
+        correct = evaluate.choice_correct(ckpt, model, items, config.test_samples, train.eval_batch_size,
+                                          train.eval_seed)
+        print(f"  test items, {run}/{file}: accuracy {correct.double().mean():.3f}", flush=True)
+        return "".join("1" if c else "0" for c in correct.tolist())
+    return np.array([c == "1" for c in scores.get(key, compute)])
+
+
+def chosen_checkpoints(rows, best):
+    """{rule: {kind: (run, file)}}: best.pt of each kind's best setting (its first seed), and best_choice.pt of
+    the kind's run whose selection-item accuracy peaked highest (where the runs scored items)."""
+    rules = {"best validation loss": {kind: (b["run"], "best.pt") for kind, b in best.items()}}
+    top = {}
+    for r in rows:
+        if r["best_acc"] is not None and (r["kind"] not in top or r["best_acc"] > top[r["kind"]]["best_acc"]):
+            top[r["kind"]] = r
+    if len(top) == 2:
+        rules["best selection-item accuracy"] = {kind: (r["run"], "best_choice.pt") for kind, r in top.items()}
+    return rules
+
+
+def downstream_test(rows, best, folder, config, scores, device):
+    """Per rule: each kind's test accuracy and the paired difference AR - diffusion with its standard error."""
+    items, lengths = test_items(folder, best["ar"]["run"], config)
+    results = []
+    for rule, picks in chosen_checkpoints(rows, best).items():
+        correct = {kind: test_correct(folder, run, file, items, config, scores, device)
+                   for kind, (run, file) in picks.items()}
+        difference, se = downstream.paired_difference(correct["ar"], correct["diffusion"], items.files.numpy())
+        results.append({"rule": rule, "items": len(items.answers), "files": int(len(np.unique(items.files))),
+                        "lengths": list(lengths), "diffusion_samples": config.test_samples,
+                        "ar": {"checkpoint": "/".join(picks["ar"]), "accuracy": float(correct["ar"].mean())},
+                        "diffusion": {"checkpoint": "/".join(picks["diffusion"]),
+                                      "accuracy": float(correct["diffusion"].mean())},
+                        "ar_minus_diffusion": difference, "se": se})
+    return results
+
+
+# ----------------------------------------------------------------------------- the verdict of one U
+
+def critical_flops(unique_tokens):
+    """Paper 1's fit: C_crit(U) = 2.12e15 x U^2.174 FLOPs, U in millions, past which diffusion's best loss is lower."""
+    return 2.12e15 * (unique_tokens / 1e6) ** 2.174
+
+
+def verdict_of(rows, best, runs, config, tests):
+    """verdict.json's content: each kind's best setting, the relative gap, the compute against C_crit, the tests."""
+    by_name = {r["name"]: r for r in runs}
+    kinds = {}
+    for kind, b in best.items():
+        run = by_name[b["run"]]
+        kinds[kind] = {"run": b["run"], "setting": b["label"], "epochs": b["epochs"], "best_epoch": b["best_epoch"],
+                       "schedule_fraction": b["best_epoch"] / b["epochs"], "score": b["mean"], "std": b["std"],
+                       "seeds": b["n"], "edges": b["edges"], "params": run["params"],
+                       "per_unique_token": run["per_unique_token"], "flops": run["flops_per_token"] * run["tokens"]}
+    c_crit = critical_flops(config.unique_tokens)
+    flops = kinds["diffusion"]["flops"]
+    return {"unique_tokens": config.unique_tokens, "tokenizer": rows[0]["tokenizer"],
+            "rescore_samples": config.rescore_samples, "rescore_windows": rows[0]["score_windows"],
+            "tokens_per_step": sorted({r["tokens_per_step"] for r in runs}), "kinds": kinds,
+            "gap": (kinds["diffusion"]["score"] - kinds["ar"]["score"]) / kinds["ar"]["score"],
+            "c_crit": c_crit, "flops_over_c_crit": flops / c_crit,
+            "paper1_predicts": "diffusion lower" if flops > c_crit else "AR lower", "downstream": tests}
+
+
+def verdict_lines(v, best):
+    lines = [f"U = {v['unique_tokens']:,} ({v['tokenizer']}): each run's best.pt scored at K = {v['rescore_samples']} "
+             f"on {v['rescore_windows']} validation windows"]
+    for kind, name in (("ar", "AR"), ("diffusion", "diffusion")):
+        k = v["kinds"][kind]
+        lines.append(f"  {sweep.describe_best(name, best[kind])}; {k['per_unique_token']:.2f} non-embedding "
+                     f"parameters per unique token, {k['flops']:.2e} training FLOPs")
+    gap = v["gap"]
+    lines.append(f"  gap (L_diffusion - L_AR) / L_AR = {100 * gap:+.2f}%: {'diffusion' if gap < 0 else 'AR'} lower; "
+                 f"diffusion's compute is {v['flops_over_c_crit']:.3g} x paper 1's C_crit(U) = {v['c_crit']:.2e}, "
+                 f"where paper 1 predicts {v['paper1_predicts']}")
+    for t in v["downstream"]:
+        d, se = t["ar_minus_diffusion"], t["se"]
+        lines.append(f"  downstream, chosen by {t['rule']}: AR {t['ar']['accuracy']:.3f} ({t['ar']['checkpoint']}), "
+                     f"diffusion {t['diffusion']['accuracy']:.3f} ({t['diffusion']['checkpoint']}); AR - diffusion "
+                     f"= {d:+.3f} +- {se:.3f} (paired, clustered by file; {t['items']} held-out items from "
+                     f"{t['files']} files, diffusion at K = {t['diffusion_samples']})")
+    return lines
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if __name__ == "__main__":
+        signal.signal(signal.SIGTERM, sweep.stop_on_sigterm)
+    split = argv.index("--") if "--" in argv else len(argv)
+    config = ProtocolConfig()
+    parse_args(argv[:split], config, doc=__doc__)
+    sized_models(config)
+    root, config.out = config.out, os.path.join(config.out, f"u{config.unique_tokens}")
+    print(f"U = {config.unique_tokens:,}: AR models {config.ar_models}, diffusion models {config.diffusion_models}; "
+          f"runs in {config.out}", flush=True)
+    trained = sweep.train_grid(config, argv[split + 1:])
+    if trained is None:
+        return None
+    runs, winners = trained
+    folders = sweep.run_folders(config, runs)
+    rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
+    setting_of = {r["name"]: r["setting"] for r in runs}
+    scores, device = Scores(os.path.join(config.out, "scores.json")), pick_device(runs[0]["train"].device)
+    print(f"scoring every run's best.pt at K = {config.rescore_samples} on {config.rescore_windows} windows", flush=True)
+    with torch.no_grad():
+        rescore(rows, config.out, config, scores, device)
+        best = sweep.kind_bests(rows, setting_of, winners)
+        if "ar" not in best or "diffusion" not in best:
+            raise UserError("the protocol compares two kinds: give both an epoch count")
+        tests = downstream_test(rows, best, config.out, config, scores, device)
+    result = verdict_of(rows, best, runs, config, tests)
+    tmp = os.path.join(config.out, f"verdict.json.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, os.path.join(config.out, "verdict.json"))
+    print("\n".join(verdict_lines(result, best)))
+    print(f"verdict: {os.path.join(config.out, 'verdict.json')}; across U: python experiments/gap_vs_u.py {root}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
