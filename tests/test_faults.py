@@ -192,7 +192,8 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
     import sweep
     from cli import run_cli
     out = str(tmp_path / "sweep")
-    args = ["--unique_tokens=2000", "--ar_epochs=10", "--diffusion_epochs=", f"--out={out}", "--evals=2", "--",
+    # 310 iterations: long enough that the run is still training when the SIGTERM comes, even on a loaded machine
+    args = ["--unique_tokens=2000", "--ar_epochs=40", "--diffusion_epochs=", f"--out={out}", "--evals=2", "--",
             *tiny_args(data_dir, "")[:-1]]
 
     def stoppable_sweep():
@@ -200,24 +201,24 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
         run_cli(lambda: sweep.main(args))
     process = FORK.Process(target=stoppable_sweep)
     process.start()
-    ckpt = os.path.join(out, "ar_e10", "ckpt.pt")
+    ckpt = os.path.join(out, "ar_e40", "ckpt.pt")
     deadline = time.time() + 60
     while time.time() < deadline and not os.path.exists(ckpt):
         time.sleep(0.01)
     process.terminate()  # SIGTERM
     process.join(60)
     assert process.exitcode == 130
-    assert not os.path.exists(os.path.join(out, "ar_e10", ".lock"))  # no training process left running
-    assert not read_log(os.path.join(out, "ar_e10"))[-1]["done"] and load_checkpoint(ckpt)["iter"] < 78
+    assert not os.path.exists(os.path.join(out, "ar_e40", ".lock"))  # no training process left running
+    assert not read_log(os.path.join(out, "ar_e40"))[-1]["done"] and load_checkpoint(ckpt)["iter"] < 310
     # the same command with a time budget: the run resumes, stops at the budget with a checkpoint, and says so
     assert sweep.main(args[:4] + ["--time_budget_s=0.01"] + args[4:]) is None
     stopped = load_checkpoint(ckpt)["iter"]
-    assert stopped < 78 and not read_log(os.path.join(out, "ar_e10"))[-1]["done"]
+    assert stopped < 310 and not read_log(os.path.join(out, "ar_e40"))[-1]["done"]
     rows = sweep.main(args)  # and without one it finishes the run
-    log = read_log(os.path.join(out, "ar_e10"))
+    log = read_log(os.path.join(out, "ar_e40"))
     iters = [r["iter"] for r in log]
-    assert rows[0]["run"].endswith("ar_e10") and log[-1]["done"] and iters == sorted(set(iters))
-    assert iters[-1] == 78 and rows[0]["epochs"] == pytest.approx(78 * 8 / ((2000 - 1) // 32), abs=1e-4)
+    assert rows[0]["run"].endswith("ar_e40") and log[-1]["done"] and iters == sorted(set(iters))
+    assert iters[-1] == 310 and rows[0]["epochs"] == pytest.approx(310 * 8 / ((2000 - 1) // 32), abs=1e-4)
 
 
 def test_a_killed_sweeps_run_dies_with_it_and_the_next_sweep_skips_a_run_still_at_work(data_dir, tmp_path, capsys):

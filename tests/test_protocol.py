@@ -82,15 +82,17 @@ def test_selection_and_test_items_come_from_disjoint_files_and_stay_inside_one_f
     assert 0.15 < share <= 0.3
     for chosen in (selection, test):
         items = downstream.build_items(val, 300, 24, 8, seed=1, files=chosen)
+        # every run of 32 consecutive tokens inside each file, by file; every piece of 8 inside the set's files
+        spans = [{w.tobytes() for w in np.lib.stride_tricks.sliding_window_view(val[s:e].astype(np.int64), 32)}
+                 for s, e in chosen]
+        pieces = {w.tobytes() for s, e in chosen
+                  for w in np.lib.stride_tricks.sliding_window_view(val[s:e].astype(np.int64), 8)}
         for i in range(300):
-            s, e = chosen[int(items.files[i])]
-            span = np.concatenate([items.contexts[i].numpy(), items.choices[i, items.answers[i]].numpy()])
+            true = items.choices[i, items.answers[i]]
             # the item's context and true continuation are consecutive tokens of its own file
-            found = [p for p in range(s, e - 31) if np.array_equal(val[p:p + 32], span)]
-            assert found, "an item crosses its file's edge or comes from elsewhere"
-            for j in range(4):  # every choice, distractors included, is a piece of this set's files
-                piece = items.choices[i, j].numpy()
-                assert any(np.array_equal(val[p:p + 8], piece) for a, b in chosen for p in range(a, b - 7))
+            assert torch.cat([items.contexts[i], true]).numpy().tobytes() in spans[int(items.files[i])]
+            # every choice, distractors included, lies inside one file of this set
+            assert all(items.choices[i, j].numpy().tobytes() in pieces for j in range(4))
 
 
 def test_paired_difference_and_its_clustered_standard_error_against_a_hand_computation():
