@@ -113,11 +113,21 @@ class Scores:
     def get(self, key, compute):
         if key not in self.values:
             self.values[key] = compute()
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.values, f)
-            os.replace(tmp, self.path)
+            write_json(self.values, self.path)
         return self.values[key]
+
+
+def write_json(obj, path):
+    """Written whole under a name of this process's own, then renamed; a failed write (a full disk) leaves the
+    previous file and no temporary one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def checkpoint_id(path):
@@ -268,10 +278,7 @@ def main(argv=None):
             raise UserError("the protocol compares two kinds: give both an epoch count")
         tests = downstream_test(rows, best, config.out, config, scores, device)
     result = verdict_of(rows, best, runs, config, tests)
-    tmp = os.path.join(config.out, f"verdict.json.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, os.path.join(config.out, "verdict.json"))
+    write_json(result, os.path.join(config.out, "verdict.json"))
     print("\n".join(verdict_lines(result, best)))
     print(f"verdict: {os.path.join(config.out, 'verdict.json')}; across U: python experiments/gap_vs_u.py {root}")
     return result

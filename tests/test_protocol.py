@@ -217,3 +217,18 @@ def test_three_values_of_u_end_to_end_through_the_gpu_recipe_on_a_cpu(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0 and [line.split()[0] for line in result.stdout.splitlines()[2:5]] == \
         ["2,000", "3,000", "4,000"]
+
+
+def test_a_score_that_cannot_be_written_leaves_the_previous_file_and_no_temporary_one(tmp_path, monkeypatch):
+    import errno
+    path = tmp_path / "scores.json"
+    scores = protocol.Scores(str(path))
+    assert scores.get("a", lambda: 1.5) == 1.5
+
+    def full_disk(obj, f, **options):
+        f.write("{\"a\": 1.")
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(OSError):
+        scores.get("b", lambda: 2.5)
+    assert os.listdir(tmp_path) == ["scores.json"] and protocol.Scores(str(path)).values == {"a": 1.5}
