@@ -107,8 +107,14 @@ class Scores:
     """OUT/u<U>/scores.json: every score computed, by what it is, written whole after each one."""
 
     def __init__(self, path):
-        self.path = path
-        self.values = json.load(open(path)) if os.path.isfile(path) else {}
+        self.path, self.values = path, {}
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    self.values = json.load(f)
+            except ValueError:
+                raise UserError(f"{path} is damaged (not JSON): remove it, and the scores are computed again") \
+                    from None
 
     def get(self, key, compute):
         if key not in self.values:

@@ -232,3 +232,6 @@ def test_a_score_that_cannot_be_written_leaves_the_previous_file_and_no_temporar
     with pytest.raises(OSError):
         scores.get("b", lambda: 2.5)
     assert os.listdir(tmp_path) == ["scores.json"] and protocol.Scores(str(path)).values == {"a": 1.5}
+    path.write_text("{\"a\": 1.")  # torn by something else: one line that says what to do
+    with pytest.raises(UserError, match="scores.json is damaged \\(not JSON\\): remove it"):
+        protocol.Scores(str(path))
