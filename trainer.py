@@ -384,7 +384,8 @@ def run(kind, causal, training_loss, validation_fn, argv=None, continuation_nll=
 
         if master:
             print(end_line(state, stopping, total_iters, t_start, config.out_dir))
-        runtime.end_processes(world_size)
+        runtime.wait_for_all(world_size)
+    runtime.leave_if_distributed(world_size)  # the folder's files are closed and its locks released
     return dict(dataclasses.asdict(state), train_loss_sum=float(state.train_loss_sum))
 
 
