@@ -45,7 +45,8 @@ import downstream  # noqa: E402
 import evaluate  # noqa: E402
 import sweep  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import pick_device  # noqa: E402
+from data import load_run_data, load_tokens  # noqa: E402
+from runtime import load_checkpoint, pick_device  # noqa: E402
 
 
 @dataclass
@@ -159,7 +160,8 @@ def rescore(rows, folder, config, scores, device):
 
 def test_items(folder, run, config):
     """The held-out test items (the same for every run of the U: its data and block size are the grid's)."""
-    ckpt, train, meta, val_tokens, _ = evaluate.loaded(os.path.join(folder, run, "best.pt"), "cpu")
+    train, data_dir, meta = load_run_data(load_checkpoint(os.path.join(folder, run, "best.pt")))
+    val_tokens = load_tokens(data_dir, "val", meta)  # the data only: no model is built for it
     lengths = downstream.item_lengths(meta, train.block_size)
     items = downstream.build_items(val_tokens, config.test_items, *lengths, seed=config.test_seed,
                                    files=downstream.item_set(val_tokens, meta, "test"))
