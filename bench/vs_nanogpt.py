@@ -26,6 +26,7 @@ import train_diffusion  # noqa: E402
 from shape import ModelShape  # noqa: E402
 from throughput import training_step  # noqa: E402
 from cli import UserError, option, parse_args, run_cli  # noqa: E402
+from runtime import pick_device  # noqa: E402
 
 
 @dataclass
@@ -67,7 +68,7 @@ def main():
     parse_args(sys.argv[1:], config, doc=__doc__)
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1),
                             generator=torch.Generator().manual_seed(0))
-    cpu = torch.device("cpu")
+    cpu = pick_device("cpu")  # which also keeps freed memory (runtime.keep_freed_cpu_memory), for all three models
     steps = {"nanoGPT": nanogpt_step(config.nanogpt, config, windows),
              "ar": training_step(train_ar, config, cpu, torch.float32, windows)[1],
              "diffusion": training_step(train_diffusion, config, cpu, torch.float32, windows)[1]}
