@@ -5,6 +5,8 @@ for its run folder (--overwrite), prepare_data.py for data folders; a training r
 read, so that prepare_data.py does not replace the data under it.
 """
 import atexit
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ def take_lock(path, folder):
     and whole (written under a temporary name, then hard-linked to `path`, which fails if it exists), removed by
     release_lock or at exit. A lock whose process has ended (on this host) is taken over, with a note; a live one is
     a UserError that names it."""
+    remove_dead_writers_temporaries(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:
@@ -47,6 +50,35 @@ def take_lock(path, folder):
         os.remove(tmp)
     atexit.register(release_lock, path)
     return path
+
+
+def remove_dead_writers_temporaries(path):
+    """Remove the `path.PID.tmp` files of processes killed while they took the lock (a SIGKILL runs no cleanup):
+    those whose process has ended, if they name this host or were never written whole."""
+    for tmp in glob.glob(glob.escape(path) + ".*.tmp"):
+        pid = tmp[len(path) + 1:-len(".tmp")]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        try:
+            with open(tmp) as f:
+                host = json.load(f).get("host")
+        except FileNotFoundError:  # removed by another process first
+            continue
+        except (ValueError, AttributeError):  # killed while writing it
+            host = None
+        if host in (None, socket.gethostname()):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def this_process():
@@ -160,6 +192,16 @@ def run_is_whole(folder):
     return os.path.isfile(os.path.join(folder, "ckpt.pt"))
 
 
+def remove_killed_writes(folder):
+    """The half-written `NAME.PID.tmp` files (checkpoints) a killed writer left in a run folder this process has
+    just locked: no other process writes there now. Lock temporaries are left to remove_dead_writers_temporaries."""
+    for name in os.listdir(folder):
+        parts = name.split(".")
+        if name.endswith(".tmp") and len(parts) > 2 and parts[-2].isdigit() and not name.startswith(LOCK_FILE + "."):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+
+
 def claim_run_folder(out_dir, resuming, overwrite):
     """Lock out_dir for this run and return the folder it writes first: out_dir itself, or, when --overwrite
     replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
@@ -167,6 +209,7 @@ def claim_run_folder(out_dir, resuming, overwrite):
     run is refused without --resume or --overwrite. (trainer.configure has already run finish_switch.)"""
     os.makedirs(out_dir, exist_ok=True)
     take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
+    remove_killed_writes(out_dir)
     settle_replacement(out_dir)
     holds_run = run_is_whole(out_dir)
     if not resuming and holds_run and not overwrite:

@@ -369,6 +369,24 @@ def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_n
         prepare_data.main([f"--data_dir={data_dir}", "--name=tiny", "--overwrite"])
 
 
+def test_a_writer_killed_while_it_took_the_lock_leaves_a_temporary_the_next_writer_removes(data_dir, tmp_path,
+                                                                                              live_pid):
+    """A SIGKILL between writing the lock's temporary and removing it leaves `.lock.PID.tmp`: the next writer removes
+    those of ended processes (whole or half-written), and keeps a live process's and another machine's; a checkpoint
+    killed while it was saved leaves `NAME.PID.tmp`, which the run that next holds the folder removes."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".lock.{ended.pid}.tmp").write_text(lock_of(ended.pid))
+    (out / f".lock.{ended.pid + 100000}.tmp").write_text('{"pid": ')  # killed while writing it
+    (out / f".lock.{live_pid}.tmp").write_text(lock_of(live_pid))  # a writer taking the lock right now
+    (out / ".lock.4242.tmp").write_text(json.dumps({"pid": 4242, "host": "colab-runtime-gone"}))
+    (out / f"best.pt.{ended.pid}.tmp").write_bytes(b"PK half a checkpoint")  # killed while saving one
+    train("ar", data_dir, str(out), "--max_iters=2")
+    assert sorted(p for p in os.listdir(out) if p.endswith(".tmp")) == [f".lock.{live_pid}.tmp", ".lock.4242.tmp"]
+
+
 def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothing_half_written(data_dir, tmp_path,
                                                                                                monkeypatch):
     """torch.save on a full disk raises its RuntimeError (inline_container's 'file write failed'); every writer
