@@ -7,7 +7,9 @@ Training speed at equal size against nanoGPT's model, in one process, the steps 
 Each round times a few training steps (forward, loss, backward, clip, AdamW, on the same random batch) of nanoGPT's
 GPT, then of this project's AR and diffusion models, so a busy moment of the machine slows all three alike; the
 figures are the medians over the rounds. nanoGPT's model is imported from the file given, as its own train.py builds
-it (no bias, no dropout, its configure_optimizers); this project's as bench/throughput.py builds it.
+it (no bias, no dropout, its configure_optimizers); this project's as bench/throughput.py builds it. All three run
+under the allocator setting this project's CPU runs use (runtime.keep_freed_cpu_memory), so the comparison is of the
+steps alone; nanoGPT's own train.py runs under glibc's defaults.
 """
 import importlib.util
 import os
