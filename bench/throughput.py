@@ -5,7 +5,8 @@ Training throughput of both scripts' steps (forward, loss, backward, AdamW) at a
     python bench/throughput.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --n_vocab=50257 \
         --batch_size=16 --compile                                # GPT-2 small on a GPU
 
-Prints tokens/s per kind (and MFU on GPUs of known peak). Timing excludes `warmup` steps (compilation).
+Prints tokens/s per kind (and MFU on GPUs of known peak) and the seconds of the `warmup` steps, which are not timed
+(compilation, with --compile).
 """
 import os
 import statistics
@@ -38,16 +39,18 @@ class BenchConfig(ModelShape):
     device: str = "auto"
     dtype: str = option("auto", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = False
+    # torch.compile's mode with --compile: "reduce-overhead" records CUDA graphs (small models: fewer launches)
+    compile_mode: str = option("default", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"))
     kinds: str = option("ar,diffusion", choices=("ar,diffusion", "ar", "diffusion", "diffusion,ar"))
 
 
-def training_step(script, config, device, dtype, windows, compile=False):
+def training_step(script, config, device, dtype, windows, compile=False, compile_mode="default"):
     """(model, step): a random model of config's shape and one training step of the kind's loss on `windows`, as the
     trainer runs it (autocast, backward, clip, AdamW); step(i) returns the loss."""
     torch.manual_seed(0)
     model = random_model(config, script.CAUSAL, device)
     optimizer = make_optimizer(model, TrainConfig(), device.type)
-    step_model = torch.compile(model) if compile else model
+    step_model = torch.compile(model, mode=compile_mode) if compile else model
     autocast, _ = mixed_precision(device, dtype)  # as training runs it
 
     def step(i):
@@ -61,16 +64,27 @@ def training_step(script, config, device, dtype, windows, compile=False):
     return model, step
 
 
+@dataclass
+class Measured:
+    params: int
+    tokens_per_s: float
+    mfu: str  # "-" where the device's peak is unknown
+    peak_bytes: int  # on a GPU; None on a CPU
+    warmup_s: float  # the untimed first steps: compiling, with --compile (a second process reads the compiler's cache)
+
+
 def bench(kind, script, config, device, dtype):
-    """(parameters, tokens/s, MFU text, peak bytes on a GPU or None) of the median of config.rounds rounds of
-    config.steps training steps, after config.warmup; experiments/sweep.py's measured plan uses it too."""
+    """Measured figures of the median of config.rounds rounds of config.steps training steps, after config.warmup;
+    experiments/sweep.py's measured plan uses it too."""
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1), device=device)
-    model, step = training_step(script, config, device, dtype, windows, config.compile)
+    model, step = training_step(script, config, device, dtype, windows, config.compile, config.compile_mode)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
     for i in range(config.warmup):
         step(i).item()
+    warmup_s = time.perf_counter() - t0
     seconds = []
     for r in range(config.rounds):
         if device.type == "cuda":
@@ -86,7 +100,7 @@ def bench(kind, script, config, device, dtype):
     peak = peak_flops(device)
     mfu = f"{100 * model.flops_per_token() * tokens_per_s / peak:.1f}%" if peak else "-"
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return model.num_params(), tokens_per_s, mfu, memory
+    return Measured(model.num_params(), tokens_per_s, mfu, memory, warmup_s)
 
 
 def main():
@@ -98,15 +112,16 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name} | dtype {str(dtype).replace('torch.', '')} | compile {config.compile} | "
+    compiled = f"{config.compile} ({config.compile_mode})" if config.compile else "False"
+    print(f"device: {name} | dtype {str(dtype).replace('torch.', '')} | compile {compiled} | "
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, context {config.block_size}, "
           f"vocab {config.n_vocab}, batch {config.batch_size}, "
           f"median of {config.rounds} round(s) of {config.steps} steps")
-    print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7}")
+    print(f"{'kind':<10} {'params':>10} {'tokens/s':>12} {'MFU':>7} {'warmup s':>9}")
     for kind in config.kinds.split(","):
         script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
-        params, tokens_per_s, mfu, _ = bench(kind, script, config, device, dtype)
-        print(f"{kind:<10} {params / 1e6:>9.2f}M {tokens_per_s:>12,.0f} {mfu:>7}")
+        m = bench(kind, script, config, device, dtype)
+        print(f"{kind:<10} {m.params / 1e6:>9.2f}M {m.tokens_per_s:>12,.0f} {m.mfu:>7} {m.warmup_s:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -214,11 +214,11 @@ def measure(kind, train, meta, steps, warmup=3):
                                     n_vocab=meta["n_vocab"], block_size=train.block_size, batch_size=train.batch_size,
                                     steps=steps, warmup=warmup, device=train.device, dtype=train.dtype)
     device = pick_device(train.device)
-    _, tokens_per_s, _, peak = throughput.bench(kind, importlib.import_module(f"train_{kind}"), config, device,
-                                                number_format(device, train.dtype))
+    measured = throughput.bench(kind, importlib.import_module(f"train_{kind}"), config, device,
+                                number_format(device, train.dtype))
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the measured model is gone: leave its memory to the runs
-    return tokens_per_s, peak
+    return measured.tokens_per_s, measured.peak_bytes
 
 
 def eval_tokens(run):

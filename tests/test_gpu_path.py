@@ -273,7 +273,6 @@ def test_ctrl_c_during_the_start_up_imports_is_one_line_too(script):
     import signal
     import subprocess
     import sys
-    import time
     from conftest import ROOT
     proc = subprocess.Popen([sys.executable, "-X", "importtime", os.path.join(ROOT, script), "--help"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -377,3 +376,29 @@ def test_a_run_resumes_and_is_scored_only_on_the_data_it_was_trained_on(data_dir
     # scoring on a folder given explicitly is what the user asked for
     evaluate.main([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4",
                    f"--data_dir={data_dir}", "--dataset=tiny"])
+
+
+def test_the_benchmark_times_its_steps_apart_from_the_warmup_steps_that_compile(monkeypatch):
+    """bench/throughput.py's tokens/s come from the timed steps only; the untimed warmup (where --compile compiles)
+    is reported as its own seconds, and --compile_mode reaches torch.compile."""
+    import sys
+    import time
+    from conftest import ROOT
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import throughput
+    calls = []
+
+    def slow_warmup(script, config, device, dtype, windows, compile=False, compile_mode="default"):
+        calls.append((compile, compile_mode))
+
+        def step(i):
+            time.sleep(0.1 if i < config.warmup else 0.01)
+            return torch.zeros(())
+        return torch.nn.Linear(2, 3, bias=False), step
+    monkeypatch.setattr(throughput, "training_step", slow_warmup)
+    monkeypatch.setattr(torch.nn.Linear, "num_params", lambda self: self.weight.numel(), raising=False)
+    config = throughput.BenchConfig(warmup=2, steps=3, batch_size=2, block_size=8, compile=True,
+                                    compile_mode="reduce-overhead")
+    measured = throughput.bench("ar", train_ar, config, torch.device("cpu"), torch.float32)
+    assert measured.warmup_s >= 0.2 and 2 * 8 / 0.01 / 3 < measured.tokens_per_s <= 2 * 8 / 0.01
+    assert calls == [(True, "reduce-overhead")] and measured.params == 6
