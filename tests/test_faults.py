@@ -384,7 +384,8 @@ def test_a_writer_killed_while_it_took_the_lock_leaves_a_temporary_the_next_writ
     (out / ".lock.4242.tmp").write_text(json.dumps({"pid": 4242, "host": "colab-runtime-gone"}))
     (out / f"best.pt.{ended.pid}.tmp").write_bytes(b"PK half a checkpoint")  # killed while saving one
     train("ar", data_dir, str(out), "--max_iters=2")
-    assert sorted(p for p in os.listdir(out) if p.endswith(".tmp")) == sorted([f".lock.{live_pid}.tmp", ".lock.4242.tmp"])
+    left = sorted(p for p in os.listdir(out) if p.endswith(".tmp"))
+    assert left == sorted([f".lock.{live_pid}.tmp", ".lock.4242.tmp"])
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothing_half_written(data_dir, tmp_path,
