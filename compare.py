@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from cli import UserError, option, parse_args, run_cli
+from folders import replace_whole
 
 COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
           "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
@@ -208,14 +209,10 @@ def save_figure(fig, path):
     """Write a matplotlib figure whole, then rename it into place: a failed write leaves no empty picture."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp.png"
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        replace_whole(path, lambda tmp: fig.savefig(tmp, dpi=120), suffix=".png")  # the extension tells the format
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @dataclass

@@ -18,6 +18,19 @@ from cli import UserError, fmt_time
 LOCK_FILE = ".lock"
 
 
+def replace_whole(path, write, suffix=""):
+    """Put a new `path` in place whole: write(tmp) fills a temporary of this process's own name (`path.PID.tmp`, plus
+    `suffix` where the writer needs an extension), then one rename replaces the file. A failure or Ctrl-C removes the
+    temporary and leaves the previous file; a SIGKILL's is removed by the folder's next writer (remove_killed_writes)."""
+    tmp = f"{path}.{os.getpid()}.tmp{suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def take_lock(path, folder):
     """Make this process the one writer of `folder`: the lock file `path`, with its pid and host, created atomically
     and whole (written under a temporary name, then hard-linked to `path`, which fails if it exists), removed by
@@ -54,19 +67,10 @@ def take_lock(path, folder):
 
 def remove_dead_writers_temporaries(path):
     """Remove the `path.PID.tmp` files of processes killed while they took the lock (a SIGKILL runs no cleanup):
-    those whose process has ended, if they name this host or were never written whole."""
+    those lock_holder finds stale, if their process (named by the file) is not alive still writing one."""
     for tmp in glob.glob(glob.escape(path) + ".*.tmp"):
         pid = tmp[len(path) + 1:-len(".tmp")]
-        if not pid.isdigit() or process_alive(int(pid)):
-            continue
-        try:
-            with open(tmp) as f:
-                host = json.load(f).get("host")
-        except FileNotFoundError:  # removed by another process first
-            continue
-        except (ValueError, AttributeError):  # killed while writing it
-            host = None
-        if host in (None, socket.gethostname()):
+        if lock_holder(tmp) is None and not (pid.isdigit() and process_alive(int(pid))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
 
@@ -76,7 +80,7 @@ def process_alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
+    except PermissionError:  # alive, someone else's
         pass
     return True
 
@@ -120,12 +124,8 @@ def lock_holder(path):
         return holder
     if pid == os.getpid() or (holder.get("boot") and boot_id() and holder["boot"] != boot_id()):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return None
-    except PermissionError:  # alive, someone else's
-        pass
     if holder.get("started") is not None and process_start(pid) not in (None, holder["started"]):
         return None  # the pid was reused by a process that started later
     return holder

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from cli import UserError
 from config import RESUME_MAY_CHANGE, saved_config
+from folders import replace_whole
 from model import ModelConfig, Transformer
 from tokenizer import meta_problem
 
@@ -184,13 +185,9 @@ def every_rng_state(device, world_size):
 def atomic_save(obj, path):
     """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact. The temporary name
     is this process's own, and an error or Ctrl-C mid-save removes it; a full disk is one line (a UserError)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        replace_whole(path, lambda tmp: torch.save(obj, tmp))
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         if not isinstance(e, (OSError, RuntimeError)):  # Ctrl-C and the like: nothing to say about the disk
             raise
         needed, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free

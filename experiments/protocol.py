@@ -46,6 +46,7 @@ import evaluate  # noqa: E402
 import sweep  # noqa: E402
 from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
 from data import load_run_data, load_tokens  # noqa: E402
+from folders import replace_whole  # noqa: E402
 from runtime import load_checkpoint, pick_device  # noqa: E402
 
 
@@ -125,16 +126,11 @@ class Scores:
 
 
 def write_json(obj, path):
-    """Written whole under a name of this process's own, then renamed; a failed write (a full disk) leaves the
-    previous file and no temporary one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    """Written whole (folders.replace_whole): a failed write (a full disk) leaves the previous file and no temporary."""
+    def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    replace_whole(path, write)
 
 
 def checkpoint_id(path):
