@@ -47,6 +47,10 @@ def named_device(name):
     return device
 
 
+KEPT_MMAP_THRESHOLD = 32 << 20  # blocks up to 32 MB (glibc's largest setting) come from the heap, not mmap
+KEPT_TRIM_THRESHOLD = 1 << 30  # and up to 1 GB of freed heap stays with the process
+
+
 def keep_freed_cpu_memory():
     """glibc hands freed blocks of 128 KB and more back to the system and the next step's activations fault them in
     again, zeroed page by page: thousands of page faults a step, ~12% of a small model's CPU training time. Keep
@@ -59,8 +63,13 @@ def keep_freed_cpu_memory():
     except (OSError, TypeError, AttributeError):  # not glibc (macOS, Windows, musl without it)
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MB (glibc's largest setting) come from the heap, not mmap
-    mallopt(m_trim_threshold, 1 << 30)  # and up to 1 GB of freed heap stays with the process
+    mallopt(m_mmap_threshold, KEPT_MMAP_THRESHOLD)
+    mallopt(m_trim_threshold, KEPT_TRIM_THRESHOLD)
+
+
+def kept_memory_environment():
+    """The environment variables that make keep_freed_cpu_memory's setting in another program (glibc reads them)."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(KEPT_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(KEPT_TRIM_THRESHOLD)}
 
 
 def number_format(device, requested="auto", saved=None):

@@ -9,7 +9,7 @@ GPT, then of this project's AR and diffusion models, so a busy moment of the mac
 figures are the medians over the rounds. nanoGPT's model is imported from the file given, as its own train.py builds
 it (no bias, no dropout, its configure_optimizers); this project's as bench/throughput.py builds it. All three run
 under the allocator setting this project's CPU runs use (runtime.keep_freed_cpu_memory), so the comparison is of the
-steps alone; nanoGPT's own train.py runs under glibc's defaults.
+steps alone; nanoGPT's own train.py runs under glibc's defaults (bench/vs_nanogpt_train.py compares the programs).
 """
 import importlib.util
 import os

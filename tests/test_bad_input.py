@@ -109,6 +109,8 @@ def scripts(root, data_dir):
     import bpe_speed
     import sample_speed
     import throughput
+    import vs_nanogpt
+    import vs_nanogpt_train
     out = str(root / "ar")
     train = [(f"train_{kind}.py", TrainConfig,
               lambda argv, kind=kind: run(kind, TRAIN[kind].CAUSAL, TRAIN[kind].training_loss,
@@ -126,6 +128,8 @@ def scripts(root, data_dir):
         ("bench/throughput.py", throughput.BenchConfig, argv_main(throughput), []),
         ("bench/sample_speed.py", sample_speed.SpeedConfig, argv_main(sample_speed), []),
         ("bench/bpe_speed.py", bpe_speed.BenchConfig, argv_main(bpe_speed), []),
+        ("bench/vs_nanogpt.py", vs_nanogpt.VersusConfig, argv_main(vs_nanogpt), []),
+        ("bench/vs_nanogpt_train.py", vs_nanogpt_train.ProgramsConfig, argv_main(vs_nanogpt_train), []),
     ]
 
 
@@ -251,9 +255,13 @@ def test_every_default_obeys_its_own_rule():
     import bpe_speed
     import sample_speed
     import throughput
+    import vs_nanogpt
+    import vs_nanogpt_train
     from cli import check_value
     for config in [TrainConfig, sample.SampleConfig, evaluate.EvalConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
-                   elbo_spread.SpreadConfig, sample_quality.QualityConfig, throughput.BenchConfig, sample_speed.SpeedConfig, bpe_speed.BenchConfig]:
+                   elbo_spread.SpreadConfig, sample_quality.QualityConfig, throughput.BenchConfig,
+                   sample_speed.SpeedConfig, bpe_speed.BenchConfig, vs_nanogpt.VersusConfig,
+                   vs_nanogpt_train.ProgramsConfig]:
         instance = config()
         for field in dataclasses.fields(config):
             check_value(field.name, getattr(instance, field.name), field.metadata.get("rule", {}))

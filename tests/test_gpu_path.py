@@ -402,3 +402,63 @@ def test_the_benchmark_times_its_steps_apart_from_the_warmup_steps_that_compile(
     measured = throughput.bench("ar", train_ar, config, torch.device("cpu"), torch.float32)
     assert measured.warmup_s >= 0.2 and 2 * 8 / 0.01 / 3 < measured.tokens_per_s <= 2 * 8 / 0.01
     assert calls == [(True, "reduce-overhead")] and measured.params == 6
+
+
+FAKE_TRAIN_PY = '''
+import json, os, pickle, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+with open(os.path.join("data", args["dataset"], "meta.pkl"), "rb") as f:
+    vocab = pickle.load(f)["vocab_size"]
+tokens = os.path.getsize(os.path.join("data", args["dataset"], "train.bin")) // 2
+with open(LOG, "a") as f:
+    f.write(json.dumps({"cwd": os.getcwd(), "args": args, "vocab": vocab, "tokens": tokens,
+                        "mmap": os.environ.get("MALLOC_MMAP_THRESHOLD_")}) + "\\n")
+print("step 0: train loss 5.5, val loss 5.5")
+for i, ms in enumerate([90.0, 10.0, 20.0, 40.0][:int(args["max_iters"])]):
+    print(f"iter {i}: loss 5.0, time {ms:.2f}ms, mfu -100.00%")
+'''
+
+
+def test_the_programs_benchmark_runs_a_copy_of_train_py_with_and_without_the_allocator_setting(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """bench/vs_nanogpt_train.py: train.py runs on a copy with a bytes dataset, once as it ships and once under the
+    allocator setting, its tokens/s from the median of the logged times after `skip`; ours from bench/throughput.py;
+    the ratios are ours over train.py's; the nanoGPT checkout is left as it was."""
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import vs_nanogpt_train
+    checkout, log = tmp_path / "nanoGPT", tmp_path / "calls.jsonl"
+    checkout.mkdir()
+    (checkout / "train.py").write_text(f"LOG = {str(log)!r}\n" + FAKE_TRAIN_PY)
+    (checkout / "model.py").write_text("")
+    (checkout / "configurator.py").write_text("")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(sys, "argv", ["vs_nanogpt_train.py", f"--nanogpt={checkout}", "--n_layer=1", "--n_head=1",
+                                      "--n_embd=16", "--block_size=8", "--batch_size=2", "--iters=4", "--skip=1",
+                                      "--rounds=1"])
+    vs_nanogpt_train.main()
+    lines = capsys.readouterr().out.splitlines()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c["mmap"] for c in calls] == [None, str(32 << 20)]
+    for c in calls:
+        assert c["cwd"] != str(checkout) and c["vocab"] == 256 and c["tokens"] > 100_000
+        assert {k: c["args"][k] for k in ("device", "dtype", "compile", "batch_size", "block_size", "max_iters")} == {
+            "device": "cpu", "dtype": "float32", "compile": "False", "batch_size": "2", "block_size": "8",
+            "max_iters": "4"}
+    assert sorted(os.listdir(checkout)) == ["configurator.py", "model.py", "train.py"]
+    # 2 x 8 tokens over the median of 10, 20 and 40 ms (the first logged iteration skipped): 800 tokens/s
+    round_1 = lines[2].split()
+    assert round_1[:3] == ["1", "800", "800"]
+    ar, diffusion = (float(v.replace(",", "")) for v in round_1[3:])
+    assert ar > 0 and diffusion > 0
+    assert lines[3].startswith(f"ar         {ar / 800:.2f}x train.py as it ships, {ar / 800:.2f}x")
+    assert lines[4].startswith(f"diffusion  {diffusion / 800:.2f}x train.py as it ships")
+    # a folder without nanoGPT's files, or a vocabulary without every byte, is one line before anything runs
+    from cli import UserError
+    for argv, message in (([f"--nanogpt={tmp_path}"], "give a checkout of nanoGPT"),
+                          ([f"--nanogpt={checkout}", "--n_vocab=100"], "needs at least 256")):
+        monkeypatch.setattr(sys, "argv", ["vs_nanogpt_train.py", *argv])
+        with pytest.raises(UserError, match=message):
+            vs_nanogpt_train.main()
+    assert len(log.read_text().splitlines()) == 2
