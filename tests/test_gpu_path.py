@@ -462,3 +462,29 @@ def test_the_programs_benchmark_runs_a_copy_of_train_py_with_and_without_the_all
         with pytest.raises(UserError, match=message):
             vs_nanogpt_train.main()
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_compiled_diffusion_compiles_its_masked_positions_graph_once_for_every_masked_count():
+    """Diffusion's output layer runs on a data-dependent number of masked positions (x[positions] breaks the graph
+    there): under torch.compile that part is compiled again once, for a dynamic count, and never after, so a
+    --compile run does not recompile at every step (dynamo's own behaviour, checked with its eager backend)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from model import ModelConfig, Transformer
+    torch._dynamo.reset()
+    counters.clear()
+    model = Transformer(ModelConfig(n_vocab=50, block_size=16, n_layer=1, n_head=2, n_embd=16, causal=False))
+    compiled = torch.compile(model, backend="aot_eager")
+    generator = torch.Generator().manual_seed(0)
+    graphs, counts = [], []
+    for step in range(6):
+        masked = torch.rand(3, 16, generator=generator) < 0.5
+        x = torch.randint(0, 50, (3, 16), generator=generator)
+        assert torch.allclose(compiled(x, positions=masked), model(x, positions=masked), atol=1e-5)
+        graphs.append(counters["stats"]["unique_graphs"])
+        counts.append(int(masked.sum()))
+    assert len(set(counts)) > 2
+    # two graphs at the first step (the blocks, then what follows the masked positions), and over five more masked
+    # counts one more graph in all: that part compiled again once, for a dynamic count
+    assert graphs[0] == 2 and graphs[-1] == 3
+    torch._dynamo.reset()
