@@ -129,10 +129,10 @@ def verdict(rows):
     scored = {kind: r for kind, r in best.items() if r.get("acc_at_best_val") is not None}
     if len(scored) == 2:  # a rule fixed in advance (the best-loss checkpoint), not the curve's maximum
         ar, df = scored["ar"], scored["diffusion"]
-        lines.append(f"multiple-choice accuracy at each kind's best-loss checkpoint: AR {ar['acc_at_best_val']:.3f}, "
-                     f"diffusion {df['acc_at_best_val']:.3f} (+- {ar['acc_at_best_val_se']:.3f} each; the items the runs "
-                     f"were evaluated on, so a curve, not a verdict: experiments/protocol.py scores held-out items "
-                     f"paired)")
+        lines.append(f"multiple-choice accuracy at each kind's best-loss checkpoint: AR {ar['acc_at_best_val']:.3f} "
+                     f"(+- {ar['acc_at_best_val_se']:.3f}), diffusion {df['acc_at_best_val']:.3f} "
+                     f"(+- {df['acc_at_best_val_se']:.3f}; the items the runs were evaluated on, so a curve, not a "
+                     f"verdict: experiments/protocol.py scores held-out items paired)")
     return "\n".join(lines)
 
 

@@ -198,15 +198,15 @@ def test_default_plot_goes_under_out(tmp_path, monkeypatch):
 
 
 def test_accuracy_columns_verdict_and_second_panel(tmp_path):
-    def with_acc(folder, accs):
+    def with_acc(folder, accs, se):
         lines = [json.loads(line) for line in open(folder / "log.jsonl")]
         with open(folder / "log.jsonl", "w") as f:
             for r, a in zip(lines, accs):
-                f.write(json.dumps(dict(r, mc_accuracy=a, mc_se=0.02)) + "\n")
+                f.write(json.dumps(dict(r, mc_accuracy=a, mc_se=se)) + "\n")
     write_run(tmp_path / "ar", "ar", [5.0, 3.0, 2.5, 2.7, 3.5])
     write_run(tmp_path / "df", "diffusion", [5.5, 3.5, 2.9, 2.6, 2.4])
-    with_acc(tmp_path / "ar", [0.25, 0.30, 0.33, 0.36, 0.35])  # still rising after its best loss (epoch 4)
-    with_acc(tmp_path / "df", [0.25, 0.28, 0.30, 0.31, 0.34])
+    with_acc(tmp_path / "ar", [0.25, 0.30, 0.33, 0.36, 0.35], 0.02)  # still rising after its best loss (epoch 4)
+    with_acc(tmp_path / "df", [0.25, 0.28, 0.30, 0.31, 0.34], 0.03)
     rows = [compare.summarize(str(tmp_path / "ar")), compare.summarize(str(tmp_path / "df"))]
     assert (rows[0]["best_acc"], rows[0]["best_acc_epoch"], rows[0]["acc_at_best_val"]) == (0.36, 6.0, 0.33)
     table = compare.format_table(rows).splitlines()
@@ -214,8 +214,9 @@ def test_accuracy_columns_verdict_and_second_panel(tmp_path):
     assert table[2].split()[-3:] == ["0.360", "6.0", "0.330"] and table[3].split()[-3:] == ["0.340", "8.0", "0.340"]
     verdict = compare.verdict(rows).splitlines()[-1]
     # the accuracy of each kind's best-loss checkpoint (AR's at epoch 4, diffusion's at its end), not the maximum
-    assert verdict.startswith("multiple-choice accuracy at each kind's best-loss checkpoint: AR 0.330, diffusion "
-                              "0.340 (+- 0.020 each") and "not a verdict" in verdict
+    # each with its own standard error
+    assert verdict.startswith("multiple-choice accuracy at each kind's best-loss checkpoint: AR 0.330 (+- 0.020), "
+                              "diffusion 0.340 (+- 0.030;") and "not a verdict" in verdict
     pytest.importorskip("matplotlib")
     compare.main([str(tmp_path / "ar"), str(tmp_path / "df"), f"--plot={tmp_path / 'two.png'}"])
     import matplotlib.image
