@@ -21,7 +21,8 @@ LOCK_FILE = ".lock"
 def replace_whole(path, write, suffix=""):
     """Put a new `path` in place whole: write(tmp) fills a temporary of this process's own name (`path.PID.tmp`, plus
     `suffix` where the writer needs an extension), then one rename replaces the file. A failure or Ctrl-C removes the
-    temporary and leaves the previous file; a SIGKILL's is removed by the folder's next writer (remove_killed_writes)."""
+    temporary and leaves the previous file; a SIGKILL's is removed by the folder's next writer
+    (remove_killed_writes)."""
     tmp = f"{path}.{os.getpid()}.tmp{suffix}"
     try:
         write(tmp)

@@ -240,7 +240,8 @@ def eval_record(state, val_loss, grad_norm, kind, meta, config, total_iters, tra
 def eval_line(record, is_best):
     train, bpb = record["train_loss"], record.get("val_bits_per_byte")
     return (f"eval iter {record['iter']} | epoch {record['epoch']:.2f} | "
-            f"train {'-' if train is None else f'{train:.4f}'} | val {record['val_loss']:.4f} nats/token" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+            f"train {'-' if train is None else f'{train:.4f}'} | val {record['val_loss']:.4f} nats/token"
+            + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
             + (f" | choice acc {record['mc_accuracy']:.3f}" if "mc_accuracy" in record else "")
             + (" | best" if is_best else ""))
 

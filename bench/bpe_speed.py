@@ -4,8 +4,8 @@ How long the project's BPE takes to train, and how well it compresses, on the of
     python bench/bpe_speed.py                         # vocab 8192 on the train split (~10.7 MB on Python 3.11)
     python bench/bpe_speed.py --vocab_sizes=1024,8192 --repeats=3
 
-Prints, per vocabulary size: the pre-split time and the whole training time, pre-split included (min over repeats), bytes per token on the val split,
-and that the trained BPE round-trips the val text.
+Prints, per vocabulary size: the pre-split time and the whole training time, pre-split included (min over repeats),
+bytes per token on the val split, and that the trained BPE round-trips the val text.
 """
 import os
 import sys
@@ -38,7 +38,8 @@ def main():
     train, val = prepare_data.split_files(prepare_data.python_source_files(), config.val_fraction, config.split_seed)
     train_docs, val_text = [t for _, t in train], "".join(t for _, t in val)
     mb = sum(len(t.encode()) for t in train_docs) / 1e6
-    print(f"{os.cpu_count()} CPUs | train split {mb:.1f} MB in {len(train_docs)} files | val {len(val_text.encode()) / 1e6:.1f} MB")
+    val_mb = len(val_text.encode()) / 1e6
+    print(f"{os.cpu_count()} CPUs | train split {mb:.1f} MB in {len(train_docs)} files | val {val_mb:.1f} MB")
     print(f"{'vocab':>6} {'pre-split s':>11} {'train s':>8} {'bytes/token (val)':>18} {'round trip':>10}")
     for size in sizes:
         split_s, train_s = [], []

@@ -274,7 +274,8 @@ def main(argv=None):
     rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
     setting_of = {r["name"]: r["setting"] for r in runs}
     scores, device = Scores(os.path.join(config.out, "scores.json")), pick_device(runs[0]["train"].device)
-    print(f"scoring every run's best.pt at K = {config.rescore_samples} on {config.rescore_windows} windows", flush=True)
+    print(f"scoring every run's best.pt at K = {config.rescore_samples} on {config.rescore_windows} windows",
+          flush=True)
     with torch.no_grad():
         rescore(rows, config.out, config, scores, device)
         best = sweep.kind_bests(rows, setting_of, winners)

@@ -234,14 +234,16 @@ def test_a_fresh_overwrite_replaces_the_old_run_by_its_own_writes(victim, tmp_pa
         run("ar", True, stops_at_once, train_ar.validation_loss,
             tiny_args(data_dir, str(folder), "--overwrite", "--max_iters=8", "--eval_interval=4"))
     new = load_checkpoint(str(folder / "ckpt.pt"))
-    assert new["iter"] == 0 and new["config"]["max_iters"] == 8 and load_checkpoint(str(folder / "best.pt"))["iter"] == 0
+    assert new["iter"] == 0 and new["config"]["max_iters"] == 8
+    assert load_checkpoint(str(folder / "best.pt"))["iter"] == 0
     assert [line.count('"iter": 0') for line in open(folder / "log.jsonl")] == [1]
 
 
 @pytest.mark.parametrize("argv,expected", [
     (["train_ar.py", "--batch_size=0"], "--batch_size 0: must be at least 1"),
     (["sample.py", "--steps=-4"], "--steps -4: must be at least 0"),
-    (["prepare_data.py", "--vocab_size=100", "--tokenizer=bpe"], "--vocab_size 100: must be at least 256 and at most 65534"),
+    (["prepare_data.py", "--vocab_size=100", "--tokenizer=bpe"],
+     "--vocab_size 100: must be at least 256 and at most 65534"),
 ])
 def test_the_real_command_line_exits_1_with_one_line_on_stderr(argv, expected, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, argv[0]), *argv[1:]], capture_output=True,

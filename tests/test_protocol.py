@@ -31,9 +31,10 @@ def test_the_ladder_counts_the_models_non_embedding_parameters_and_picks_the_nea
         assert protocol.non_embedding_params(layers, width) == net.num_params() - net.embed.weight.numel()
     # 3 per token of 37,500 is 112,500: 2 x 64 has 106K non-embedding parameters, its neighbours 57K and 232K
     assert protocol.model_for(3, 37500) == "2x64x2"
+    unique = (37500, 150000, 2400000)
     sizes = [protocol.non_embedding_params(*protocol.shape(int(protocol.model_for(3, u).split("x")[1]))[:2])
-             for u in (37500, 150000, 2400000)]
-    assert sizes[0] < sizes[1] < sizes[2] and all(0.5 < s / (3 * u) < 2 for s, u in zip(sizes, (37500, 150000, 2400000)))
+             for u in unique]
+    assert sizes[0] < sizes[1] < sizes[2] and all(0.5 < s / (3 * u) < 2 for s, u in zip(sizes, unique))
 
 
 def row(run, kind, score, epoch, params):
