@@ -47,13 +47,16 @@ class ProgramsConfig(ModelShape):
 
 
 def check(config):
-    """A one-line UserError unless --nanogpt holds nanoGPT's files and the vocabulary holds every byte."""
+    """A one-line UserError unless --nanogpt holds nanoGPT's files, the vocabulary holds every byte and some logged
+    iterations are left after --skip."""
     missing = [name for name in NANOGPT_FILES if not os.path.isfile(os.path.join(config.nanogpt, name))]
     if not config.nanogpt or missing:
         raise UserError(f"--nanogpt {config.nanogpt or '(empty)'}: give a checkout of nanoGPT, the folder with "
                         f"{', '.join(NANOGPT_FILES)} (git clone https://github.com/karpathy/nanoGPT)")
     if config.n_vocab < 256:
         raise UserError(f"--n_vocab {config.n_vocab}: the bytes dataset needs at least 256")
+    if config.skip >= config.iters:
+        raise UserError(f"--skip {config.skip}: must be below --iters ({config.iters}), or nothing is left to time")
 
 
 def nanogpt_copy(config, folder):
@@ -89,7 +92,8 @@ def nanogpt_tokens_per_s(config, folder, env):
                   "--always_save_checkpoint=False", "--dropout=0.0", "--bias=False", "--out_dir=out"], folder, env)
     ms = [float(t) for t in re.findall(r"^iter \d+: .*time ([0-9.]+)ms", output, re.MULTILINE)][config.skip:]
     if not ms:
-        raise UserError(f"train.py logged no iterations after the first {config.skip}: raise --iters")
+        raise UserError(f"train.py logged no 'iter N: ... time X ms' line after its first {config.skip}: raise --iters "
+                        f"above --skip, or give nanoGPT's own checkout")
     return config.batch_size * config.block_size * 1000 / statistics.median(ms)
 
 

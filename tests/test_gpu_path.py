@@ -457,7 +457,8 @@ def test_the_programs_benchmark_runs_a_copy_of_train_py_with_and_without_the_all
     # a folder without nanoGPT's files, or a vocabulary without every byte, is one line before anything runs
     from cli import UserError
     for argv, message in (([f"--nanogpt={tmp_path}"], "give a checkout of nanoGPT"),
-                          ([f"--nanogpt={checkout}", "--n_vocab=100"], "needs at least 256")):
+                          ([f"--nanogpt={checkout}", "--n_vocab=100"], "needs at least 256"),
+                          ([f"--nanogpt={checkout}", "--iters=4", "--skip=4"], "must be below --iters")):
         monkeypatch.setattr(sys, "argv", ["vs_nanogpt_train.py", *argv])
         with pytest.raises(UserError, match=message):
             vs_nanogpt_train.main()
