@@ -117,7 +117,7 @@ def test_verdict_averages_seeds_and_picks_each_kinds_best_setting():
 def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
     out = str(tmp_path / "seeds")
     rows = sweep.main(["--unique_tokens=2000", "--ar_epochs=1", "--diffusion_epochs=", "--seeds=1,2", f"--out={out}",
-                       "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny", "--eval_interval=5"])
+                       "--jobs=2", "--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny", "--eval_interval=5"])
     assert [r["run"] for r in rows] == ["ar_e1_s1", "ar_e1_s2"]
     configs = [torch.load(os.path.join(out, r["run"], "ckpt.pt"), weights_only=False)["config"] for r in rows]
     assert [c["seed"] for c in configs] == [1, 2]
