@@ -229,7 +229,8 @@ def claim_run_folder(out_dir, resuming, overwrite):
 
 def start_log(path, resume_iter):
     """log.jsonl, to append to: a fresh run's starts empty; a resumed run's keeps its lines up to its checkpoint's
-    iteration (evaluations after it, and a line torn by a kill, are dropped: they are redone)."""
+    iteration (evaluations after it, and a line torn by a kill, are dropped: they are redone). Replaced whole, so a
+    kill while it is trimmed leaves the previous log, never an empty one."""
     kept = []
     if resume_iter is not None and os.path.exists(path):
         with open(path) as f:
@@ -239,8 +240,11 @@ def start_log(path, resume_iter):
                         kept.append(line)
                 except ValueError:
                     break
-    with open(path, "w") as f:
-        f.writelines(kept)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+    replace_whole(path, write)
 
 
 class RunFolder:

@@ -339,6 +339,51 @@ def test_a_switch_killed_between_its_two_renames_is_finished_by_the_next_command
     assert load_meta(folder)["inputs_sha256"] and sorted(os.listdir(data_dir)) == ["corpus", "tiny"]
 
 
+KILLED_WHILE_THE_LOG_IS_TRIMMED = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import folders
+real_open = open
+
+
+class Dying:  # a file that the process is killed while writing, after open() has done what it does to the file
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.f.close()
+
+    def writelines(self, lines):
+        self.f.writelines(lines[:1])
+        self.f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+folders.open = lambda path, mode="r": Dying(real_open(path, mode)) if "w" in mode else real_open(path, mode)
+folders.start_log(sys.argv[2], 10)
+"""
+
+
+def test_a_resumed_run_killed_while_it_trims_its_log_leaves_the_log_whole(tmp_path):
+    """A resume keeps the log's lines up to its checkpoint and drops the rest; a kill in the middle of that leaves
+    the previous log (found when a kill at a random moment left a checkpoint beside an empty log.jsonl), and the
+    next writer of the folder removes the half-written temporary."""
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"iter": i, "val_loss": 3.0 - i / 100}) + "\n" for i in (0, 10, 20)]
+    log.write_text("".join(lines))
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_THE_LOG_IS_TRIMMED, ROOT, str(log)])
+    assert killed.returncode == -signal.SIGKILL
+    assert log.read_text() == "".join(lines)
+    import folders
+    folders.remove_killed_writes(str(tmp_path))
+    assert os.listdir(tmp_path) == ["log.jsonl"]
+    folders.start_log(str(log), 10)  # and without a kill, the evaluation after the checkpoint is dropped
+    assert log.read_text() == "".join(lines[:2])
+
+
 def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_names_its_way_out(data_dir, tmp_path,
                                                                                                live_pid, capsys):
     """A lock records its process's start time: a live process with the same pid that started at another time is not
