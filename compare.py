@@ -7,20 +7,19 @@ Compare training runs: a table of best and final validation loss, and a plot of 
 AR's number is its exact NLL; diffusion's is the ELBO, an upper bound on its NLL, so diffusion below AR means
 diffusion's true NLL is lower still. Units: nats/token (and bits/byte for byte-tokenized data).
 """
-if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import json
 import math
 import os
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 
-from cli import UserError, option, parse_args, run_cli
-from folders import replace_whole
+from config import option, parse_args
 
 COLORS = {"ar": ["#1f4e9c", "#3b7dd8", "#6fa8f0", "#0b2a5c", "#8fbff5"],
           "diffusion": ["#c2410c", "#f97316", "#fdba74", "#7c2d12", "#fb923c"]}
+OTHER_COLORS = [["#15803d", "#22c55e", "#86efac", "#14532d", "#4ade80"],  # a third objective, a fourth...
+                ["#7e22ce", "#a855f7", "#d8b4fe", "#581c87", "#c084fc"]]
 
 
 # what every line of log.jsonl holds for the table, the verdict and the plot
@@ -31,7 +30,7 @@ LOG_FIELDS = ("iter", "epoch", "tokens", "train_loss", "val_loss", "kind", "toke
 def read_log(folder):
     path = os.path.join(folder, "log.jsonl")
     if not os.path.isfile(path):
-        raise UserError(f"{folder} has no log.jsonl: pass run folders written by train_ar.py / train_diffusion.py")
+        raise ValueError(f"{folder} has no log.jsonl: pass run folders written by train_ar.py / train_diffusion.py")
     with open(path) as f:
         lines = [line for line in f if line.strip()]
     records = []
@@ -41,14 +40,14 @@ def read_log(folder):
         except ValueError:
             if number == len(lines):  # the last line torn by a kill: the run redoes it when resumed
                 break
-            raise UserError(f"{path} line {number} is not JSON: the log is damaged (rerun the run with --overwrite)") \
+            raise ValueError(f"{path} line {number} is not JSON: the log is damaged (rerun the run with --overwrite)") \
                 from None
     if not records:
-        raise UserError(f"{path} is empty: the run has not evaluated yet")
+        raise ValueError(f"{path} is empty: the run has not evaluated yet")
     for number, record in enumerate(records, 1):
         missing = [key for key in LOG_FIELDS if not isinstance(record, dict) or key not in record]
         if missing:
-            raise UserError(f"{path} line {number} lacks {', '.join(missing)}: not a log of this version of "
+            raise ValueError(f"{path} line {number} lacks {', '.join(missing)}: not a log of this version of "
                             f"train_ar.py / train_diffusion.py")
     return records
 
@@ -75,7 +74,7 @@ def check_one_tokenizer(rows):
     """Losses per token compare only between runs of one tokenizer: a token of another vocabulary is another unit."""
     named = {r["tokenizer"]: r["run"] for r in rows}
     if len(named) > 1:
-        raise UserError("these runs use different tokenizers (" + ", ".join(f"{t} in {run}" for t, run in
+        raise ValueError("these runs use different tokenizers (" + ", ".join(f"{t} in {run}" for t, run in
                         named.items()) + "): their losses per token do not compare; compare runs of one tokenizer")
 
 
@@ -112,27 +111,33 @@ def trajectory(r):
             f"then {'climbed' if climb > 0 else 'moved'} to {r['final_val']:.4f} by the end ({climb:+.4f})")
 
 
+def kind_name(kind):
+    """How a kind is written in prose: AR in capitals, the others as logged."""
+    return kind.upper() if len(kind) <= 3 else kind
+
+
 def verdict(rows):
-    """Each run's trajectory, and which kind's best validation loss is lower, by how much."""
+    """Each run's trajectory, and which kind's best validation loss is lower, by how much (each kind at its best
+    run; any number of kinds)."""
     lines = [trajectory(r) for r in rows]
     best = {}
     for r in rows:
         if r["kind"] not in best or r["best_val"] < best[r["kind"]]["best_val"]:
             best[r["kind"]] = r
-    if len(best) == 2:
-        ar, df = best["ar"]["best_val"], best["diffusion"]["best_val"]
-        lower, higher = ("diffusion", "AR") if df < ar else ("AR", "diffusion")
-        gap = abs(ar - df)
-        lines.append(f"by validation loss: {lower} lower, by {gap:.4f} nats/token ({100 * gap / max(ar, df):.1f}% of "
-                     f"{higher}'s best; AR {ar:.4f} in {best['ar']['run']}, diffusion {df:.4f} in "
-                     f"{best['diffusion']['run']})")
-    scored = {kind: r for kind, r in best.items() if r.get("acc_at_best_val") is not None}
-    if len(scored) == 2:  # a rule fixed in advance (the best-loss checkpoint), not the curve's maximum
-        ar, df = scored["ar"], scored["diffusion"]
-        lines.append(f"multiple-choice accuracy at each kind's best-loss checkpoint: AR {ar['acc_at_best_val']:.3f} "
-                     f"(+- {ar['acc_at_best_val_se']:.3f}), diffusion {df['acc_at_best_val']:.3f} "
-                     f"(+- {df['acc_at_best_val_se']:.3f}; the items the runs were evaluated on, so a curve, not a "
-                     f"verdict: experiments/protocol.py scores held-out items paired)")
+    kinds = sorted(best)
+    if len(kinds) >= 2:
+        lower, higher = sorted(kinds, key=lambda k: best[k]["best_val"])[:2]
+        gap = best[higher]["best_val"] - best[lower]["best_val"]
+        each = ", ".join(f"{kind_name(k)} {best[k]['best_val']:.4f} in {best[k]['run']}" for k in kinds)
+        lines.append(f"by validation loss: {kind_name(lower)} lower, by {gap:.4f} nats/token "
+                     f"({100 * gap / best[higher]['best_val']:.1f}% of {kind_name(higher)}'s best; {each})")
+    scored = [k for k in kinds if best[k].get("acc_at_best_val") is not None]
+    if len(scored) >= 2:  # a rule fixed in advance (the best-loss checkpoint), not the curve's maximum
+        each = "), ".join(f"{kind_name(k)} {best[k]['acc_at_best_val']:.3f} (+- {best[k]['acc_at_best_val_se']:.3f}"
+                          for k in scored)
+        lines.append(f"multiple-choice accuracy at each kind's best-loss checkpoint: {each}; the items the runs "
+                     f"were evaluated on, so a curve, not a verdict: experiments/protocol.py scores held-out items "
+                     f"paired)")
     return "\n".join(lines)
 
 
@@ -165,9 +170,10 @@ def plot(rows, path, xscale="auto"):
                              squeeze=False)
     legend = dict(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1)) if many else dict(fontsize=8)
     ax, shown = axes[0][0], []  # shown: the loss values drawn, for the axis limits
-    used = {"ar": 0, "diffusion": 0}
+    used, others = defaultdict(int), iter(OTHER_COLORS * 4)
+    palette = {k: COLORS.get(k) or next(others) for k in sorted({r["kind"] for r in rows})}
     for r in rows:
-        color = COLORS[r["kind"]][used[r["kind"]] % 5]
+        color = palette[r["kind"]][used[r["kind"]] % 5]
         used[r["kind"]] += 1
         if with_acc:
             scored = [(x["epoch"], x["mc_accuracy"]) for x in r["records"] if x.get("mc_accuracy") is not None]
@@ -200,7 +206,7 @@ def plot(rows, path, xscale="auto"):
         low, high = min(shown), max(shown)
         ax.set_ylim(low - 0.05 * (high - low), min(high, 2.5 * low) + 0.05 * (high - low))
     ax.legend(**legend)
-    ax.set_title("AR vs masked diffusion on repeated data")
+    ax.set_title(" vs ".join(kind_name(k) for k in palette) + " on repeated data")
     save_figure(fig, path)
     return True
 
@@ -209,10 +215,14 @@ def save_figure(fig, path):
     """Write a matplotlib figure whole, then rename it into place: a failed write leaves no empty picture."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
+    tmp = f"{path}.{os.getpid()}.tmp.png"  # the extension tells matplotlib the format
     try:
-        replace_whole(path, lambda tmp: fig.savefig(tmp, dpi=120), suffix=".png")  # the extension tells the format
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
     finally:
         plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @dataclass
@@ -228,9 +238,9 @@ def main(argv=None):
     # plain files (a plot beside the runs, say `out/sweep/*`) are not runs: skip them
     folders = [a for a in argv if not a.startswith("-") and not os.path.isfile(a)]
     options = CompareConfig()
-    parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)
+    parse_args([a for a in argv if a.startswith("-")], options, doc=__doc__)  # lab/ checks the values first
     if not folders:
-        raise UserError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--xscale=log]")
+        raise ValueError("usage: python compare.py RUN_FOLDER [RUN_FOLDER ...] [--plot=out/compare.png] [--xscale=log]")
     rows = [summarize(folder) for folder in folders]
     check_one_tokenizer(rows)
     print(format_table(rows))
@@ -242,7 +252,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         drawn = plot(rows, path, xscale=options.xscale)
     except OSError as e:
-        raise UserError(f"--plot {path}: cannot write it ({e.strerror}): choose another path") from None
+        raise ValueError(f"--plot {path}: cannot write it ({e.strerror}): choose another path") from None
     if drawn:
         print(f"plot: {path}")
     else:
@@ -250,5 +260,6 @@ def main(argv=None):
     return rows
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the command line: lab/ turns a bad input into one line
+    from lab.launch import compare
+    compare()

@@ -1,12 +1,21 @@
 """
 Every option of a training run, with its default and its allowed values: `python train_ar.py --n_layer=6` (or
 `--n_layer 6`) overrides a field. The same config is saved in every checkpoint, so evaluate.py and the experiments
-read a run's options from here too.
+read a run's options from here too. `parse_args` turns any such dataclass into an argparse command line.
 """
-import dataclasses
-from dataclasses import dataclass
+import argparse
+import difflib
+import inspect
+import math
+import re
+import sys
+from dataclasses import dataclass, field, fields
 
-from cli import UserError, option
+
+def option(default, **allowed):
+    """A config field and its allowed values (low / high: at least / at most; above / below: strictly; choices;
+    items=int or float: a comma-separated list of such numbers). lab/checks.py holds them to it."""
+    return field(default=default, metadata={"rule": allowed})
 
 
 @dataclass
@@ -90,15 +99,67 @@ class TrainConfig:
     compile: bool = False
 
 
-# options a resumed run may change when the command line gives them; every other option must match the checkpoint,
-# and whatever the command line does not give keeps its saved value
-RESUME_MAY_CHANGE = {"resume", "overwrite", "out_dir", "device", "dtype", "compile", "log_interval", "stop_after_s"}
+# ----------------------------------------------------------------------------- the command line
 
-def saved_config(ckpt, path):
-    """The TrainConfig a checkpoint was trained with; one that names options this version lacks is a UserError."""
-    saved = ckpt["config"]
-    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 1, not argparse's usage block and status 2
+        sys.exit(f"error: {message} (see --help)")
+
+
+def to_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def to_finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+to_bool.__name__, to_finite_float.__name__ = "true/false", "float"  # argparse names the type in its errors
+
+
+def field_comments(cls):
+    """{field name: the comment lines just above it (or at the end of its line)} from the dataclass's source."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments, pending = {}, []
+    for line in lines:
+        text = line.strip()
+        declared = re.match(r"(\w+)\s*:", text)
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+        elif declared:
+            after = text.split("  # ", 1)[1] if "  # " in text else ""
+            comments[declared.group(1)] = " ".join(pending + [after]).strip()
+            pending = []
+    return comments
+
+
+def parse_args(argv, config, doc=None):
+    """Apply `--key=value` / `--key value` (`--flag` alone sets a bool) to a dataclass config with argparse; returns
+    the set of keys given. Types, choices and help come from the fields."""
+    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    helps = field_comments(type(config))
+    for f in fields(config):
+        kind = {"bool": to_bool, "int": int, "float": to_finite_float}.get(str(f.type), {
+            bool: to_bool, int: int, float: to_finite_float}.get(f.type, str))
+        extra = dict(nargs="?", const=True) if kind is to_bool else {}
+        parser.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("rule", {}).get("choices"),
+                            help=f"{helps.get(f.name, '')} (default: {getattr(config, f.name)!r})".replace("%", "%%"), **extra)
+    given, unknown = parser.parse_known_args(argv)
     if unknown:
-        raise UserError(f"{path} was written by another version of this project (options {', '.join(unknown)} are "
-                        f"unknown here): use that version, or start the run again")
-    return TrainConfig(**saved)
+        close = difflib.get_close_matches(unknown[0].lstrip("-").split("=")[0], [f.name for f in fields(config)], 1)
+        parser.error(f"unknown option {unknown[0]}" + (f"; did you mean --{close[0]}?" if close else ""))
+    given = vars(given)
+    for key, value in given.items():
+        setattr(config, key, value)
+    return set(given)

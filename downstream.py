@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cli import UserError
+from data import document_spans
 
 
 @dataclass
@@ -30,21 +30,9 @@ def item_lengths(meta, block_size, context_len=0, continuation_len=0):
     context_len = context_len or max(int(default_context * shrink), 1)
     continuation_len = continuation_len or max(int(default_continuation * shrink), 1)
     if context_len + continuation_len > block_size:
-        raise UserError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
+        raise ValueError(f"--mc_context {context_len} + --mc_continuation {continuation_len} is longer than the "
                         f"context ({block_size}): shorten them")
     return context_len, continuation_len
-
-
-def val_files(val_tokens, eot_id, chunks=20):
-    """The val split's files as (start, end) token spans: its documents (each ends with eot_id), or, in data without
-    documents, `chunks` equal pieces."""
-    n = len(val_tokens)
-    if eot_id is None:
-        ends = [round(n * (i + 1) / chunks) for i in range(chunks)]
-    else:
-        ends = (np.flatnonzero(np.asarray(val_tokens) == eot_id) + 1).tolist()
-        ends = ends if ends and ends[-1] == n else ends + [n]
-    return [(s, e) for s, e in zip([0, *ends[:-1]], ends) if e > s]
 
 
 def split_files(files, selection_share=0.3, seed=0):
@@ -59,14 +47,14 @@ def split_files(files, selection_share=0.3, seed=0):
             taken += files[i][1] - files[i][0]
     test = sorted(set(range(len(files))) - set(selection))
     if not selection or not test:
-        raise UserError(f"the val split's {len(files)} file(s) cannot be split into a selection and a test set: "
+        raise ValueError(f"the val split's {len(files)} file(s) cannot be split into a selection and a test set: "
                         f"prepare more data")
     return [files[i] for i in sorted(selection)], [files[i] for i in test]
 
 
 def item_set(val_tokens, meta, which, seed=0):
     """The files of one item set of the val split: 'selection', 'test' or 'all'."""
-    files = val_files(val_tokens, meta.get("eot_id"))
+    files = document_spans(val_tokens, meta.get("eot_id"))
     if which == "all":
         return files
     selection, test = split_files(files, seed=seed)
@@ -85,7 +73,7 @@ def build_items(val_tokens, n_items, context_len, continuation_len, n_choices=4,
     starts, file_of = within_files(files, C + L)
     piece_starts, _ = within_files(files, L)  # where a distractor may start: inside one file of the set
     if sum(e - s for s, e in files) < 4 * (C + L) or len(starts) < n_items:
-        raise UserError(f"the val split's item files ({sum(e - s for s, e in files):,} tokens) are too short for "
+        raise ValueError(f"the val split's item files ({sum(e - s for s, e in files):,} tokens) are too short for "
                         f"{n_items} items of {C} + {L} tokens: use fewer items or shorter ones")
     rng = np.random.default_rng([seed, n_items, C, L, n_choices])
     picked = np.sort(rng.choice(len(starts), size=n_items, replace=False))
@@ -101,7 +89,7 @@ def build_items(val_tokens, n_items, context_len, continuation_len, n_choices=4,
             if abs(p - (s + C)) >= L and not any(np.array_equal(candidate, o) for o in options):
                 options.append(candidate)
         if len(options) < n_choices:
-            raise UserError(f"the val split repeats itself too much to find {n_choices - 1} distinct distractors "
+            raise ValueError(f"the val split repeats itself too much to find {n_choices - 1} distinct distractors "
                             f"of {L} tokens: use longer continuations")
         answer = int(rng.integers(n_choices))
         options[0], options[answer] = options[answer], options[0]
@@ -150,6 +138,6 @@ def paired_difference(correct_a, correct_b, files):
     n, mean = len(d), float(d.mean())
     groups = np.unique(files)
     if len(groups) < 2:
-        raise UserError("the paired difference needs items from at least two files")
+        raise ValueError("the paired difference needs items from at least two files")
     sums = np.array([(d[files == g] - mean).sum() for g in groups])
     return mean, math.sqrt(len(groups) / (len(groups) - 1) * float((sums ** 2).sum()) / n ** 2)

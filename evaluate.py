@@ -8,23 +8,18 @@ The validation loss is the run's own (AR: exact NLL; diffusion: ELBO with K = th
 given) on the run's validation windows; the test uses the same K for diffusion's conditional ELBO. Its items come
 from the val files the run's own per-evaluation items did not (downstream.split_files).
 """
-if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
+import importlib
 import math
+import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
 import downstream
-import train_ar
-import train_diffusion
-from cli import option, parse_args, run_cli
-from data import load_run_data, load_tokens, val_windows
+from config import TrainConfig, option
+from data import load_meta, load_tokens, val_windows
 from runtime import load_checkpoint, model_from_checkpoint, pick_device
-
-SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
 
 @dataclass
@@ -52,46 +47,52 @@ def show_progress(done, total):
     print(f"\r  multiple choice: {done}/{total} items", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
+def objective_of(ckpt):
+    """The training script's module that wrote a checkpoint (its losses score it): the name the checkpoint records."""
+    return importlib.import_module(ckpt.get("objective") or f"train_{ckpt['kind']}")
+
+
 def loaded(path, device, data_dir="", dataset=""):
-    """(checkpoint, its training config, its data folder's meta, val tokens, model on device) of a checkpoint."""
+    """(checkpoint, its training config, its data folder's meta, val tokens, model on device) of a checkpoint; the
+    run's own data folder unless data_dir or dataset say otherwise."""
     ckpt = load_checkpoint(path)
-    train, folder, meta = load_run_data(ckpt, data_dir, dataset)
-    return ckpt, train, meta, load_tokens(folder, "val", meta), model_from_checkpoint(ckpt, device)
+    train = TrainConfig(**ckpt["config"])
+    folder = os.path.join(data_dir or train.data_dir, dataset or train.dataset)
+    meta = load_meta(folder)
+    return ckpt, train, meta, load_tokens(folder, "val"), model_from_checkpoint(ckpt, device)
 
 
-def val_score(ckpt, model, val_tokens, block_size, windows, samples, batch_size, seed):
-    """Validation loss in nats/token on `windows` fixed val windows (0: all), diffusion's ELBO at K = samples."""
+def val_score(ckpt, model, val_tokens, train):
+    """Validation loss in nats/token on train.eval_windows fixed val windows (0: all), with the run's options (K =
+    train.elbo_samples for diffusion's ELBO)."""
     device = model.embed.weight.device
-    rows = val_windows(val_tokens, block_size, windows)
+    rows = val_windows(val_tokens, train.block_size, train.eval_windows)
     with torch.no_grad():
-        nats, count = SCRIPTS[ckpt["kind"]].validation_loss(model, rows.to(device), torch.arange(len(rows)), samples,
-                                                            batch_size, seed)
+        nats, count = objective_of(ckpt).evaluate_loss(model, rows.to(device), torch.arange(len(rows)), train)
     return nats / count, len(rows)
 
 
 def choice_correct(ckpt, model, items, samples, batch_size, seed, progress=None):
     """A bool per multiple-choice item (downstream.correct_choices), diffusion's conditional ELBO at K = samples."""
     device = model.embed.weight.device
-    nll = SCRIPTS[ckpt["kind"]].continuation_nll
+    nll = objective_of(ckpt).continuation_nll
     with torch.no_grad():
         return downstream.correct_choices(items, lambda c, x, ids: nll(model, c.to(device), x.to(device), ids,
                                                                        samples, batch_size, seed), progress=progress)
 
 
-def main(argv=None):
-    config = EvalConfig()
-    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
+def main(config):
+    """The checkpoint's validation loss and multiple-choice accuracy, printed and returned."""
     device = pick_device(config.device)
     ckpt, train, meta, val_tokens, model = loaded(config.ckpt, device, config.data_dir, config.dataset)
     lengths = downstream.item_lengths(meta, train.block_size, config.mc_context, config.mc_continuation)
-    windows = train.eval_windows if config.eval_windows < 0 else config.eval_windows
-    samples = config.elbo_samples or train.elbo_samples
+    train.eval_windows = train.eval_windows if config.eval_windows < 0 else config.eval_windows
+    train.elbo_samples = samples = config.elbo_samples or train.elbo_samples
     print(f"{config.ckpt} ({ckpt['kind']}, {model.num_params() / 1e6:.2f}M parameters, iteration {ckpt['iter']}, "
           f"epoch {ckpt['epoch']:.1f})")
 
-    loss, n_windows = val_score(ckpt, model, val_tokens, train.block_size, windows, samples, train.eval_batch_size,
-                                train.eval_seed)
-    kind_of_loss = "exact NLL" if ckpt["kind"] == "ar" else f"ELBO, K = {samples}"
+    loss, n_windows = val_score(ckpt, model, val_tokens, train)
+    kind_of_loss = "exact NLL" if model.config.causal else f"ELBO, K = {samples}"
     print(f"val loss: {loss:.4f} nats/token ({n_windows} windows; {kind_of_loss})"
           + (f", {loss / math.log(2):.4f} bits/byte" if meta["tokenizer"] == "bytes" else ""))
     items = downstream.build_items(val_tokens, config.mc_items, *lengths, config.mc_choices,
@@ -105,5 +106,6 @@ def main(argv=None):
     return {"val_loss": loss, "mc_accuracy": acc, "mc_se": se, "chance": chance}
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the command line: lab/ checks the options, the checkpoint and its data, then main
+    from lab.launch import evaluate
+    evaluate()

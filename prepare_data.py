@@ -13,17 +13,12 @@ English), and `python`, the running interpreter's standard-library source (~12 M
 into train and val by whole files, each ending with an end-of-text token). A `bpe` tokenizer is trained on the
 train split only and saved beside the data (tokenizer.py).
 """
-if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
-import errno
 import gzip
 import hashlib
 import json
 import os
 import platform
 import random
-import shutil
 import sys
 import sysconfig
 import time
@@ -32,10 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cli import UserError, option, parse_args, run_cli
-from folders import (data_lock, data_readers, finish_switch, holder_text, put_in_place, release_lock,
-                     settle_replacement, take_lock)
-from tokenizer import RANKS_FILE, eot_id_for, make_encoding, meta_problem, save_ranks, train_bpe
+from config import option
+from tokenizer import RANKS_FILE, eot_id_for, make_encoding, save_ranks, train_bpe
 
 
 @dataclass
@@ -75,7 +68,7 @@ def python_source_files(root=None):
     folders and site-packages excluded, in sorted order; identical files are kept once."""
     root = root or sysconfig.get_paths()["stdlib"]
     if not os.path.isdir(root):
-        raise UserError(f"--python_root {root}: no such folder")
+        raise ValueError(f"--python_root {root}: no such folder")
     files, seen = [], set()
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in SKIPPED_FOLDERS)
@@ -88,7 +81,7 @@ def python_source_files(root=None):
                 seen.add(text)
                 files.append((os.path.relpath(os.path.join(folder, name), root), text))
     if not files:
-        raise UserError(f"no Python source found under {root}")
+        raise ValueError(f"no Python source found under {root}")
     return files
 
 
@@ -139,7 +132,7 @@ def download(url, dest, max_bytes=None):
                 print(f"\r  {os.path.basename(dest)}: {done / 1e6:8.1f} MB {pct} {mb_s:6.1f} MB/s", end="", flush=True)
             print()
     except OSError as e:
-        raise UserError(f"could not download {url} ({e}); check the network, or use --input FILE") from None
+        raise ValueError(f"could not download {url} ({e}); check the network, or use --input FILE") from None
     os.replace(part, dest)  # only a finished download is cached under its real name
     return dest
 
@@ -220,13 +213,13 @@ def prepare(train_docs, val_docs, out_dir, tokenizer, source, max_train_tokens=0
         val_docs = [val_text]
     enc, meta = build_tokenizer(tokenizer, train_docs, vocab_size, documents, out_dir)
     if enc.n_vocab + 1 > 65536:
-        raise UserError(f"tokenizer {tokenizer} has {enc.n_vocab} tokens: too many for uint16 files")
+        raise ValueError(f"tokenizer {tokenizer} has {enc.n_vocab} tokens: too many for uint16 files")
     train = tokenize(enc, train_docs, meta.get("eot_id"))
     val = tokenize(enc, val_docs, meta.get("eot_id"))
     if max_train_tokens:
         train = train[:max_train_tokens]
     if not train or not val:
-        raise UserError(f"the text gives {len(train)} train and {len(val)} val tokens: both splits need text")
+        raise ValueError(f"the text gives {len(train)} train and {len(val)} val tokens: both splits need text")
     os.makedirs(out_dir, exist_ok=True)
     meta.update({
         "n_vocab": enc.n_vocab,
@@ -254,12 +247,12 @@ def read_input_text(path):
     with open(path, "rb") as f:
         raw = f.read()
     if b"\x00" in raw:
-        raise UserError(f"--input {path}: the file holds NUL bytes, so it is not text (a binary file?): "
+        raise ValueError(f"--input {path}: the file holds NUL bytes, so it is not text (a binary file?): "
                         f"give a UTF-8 text file")
     text = raw.decode("utf-8", errors="replace")
     undecodable = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
     if undecodable > 0.01 * max(len(raw), 1):
-        raise UserError(f"--input {path}: {undecodable:,} of its {len(raw):,} bytes are not UTF-8: give a UTF-8 "
+        raise ValueError(f"--input {path}: {undecodable:,} of its {len(raw):,} bytes are not UTF-8: give a UTF-8 "
                         f"text file (convert it with iconv, for example)")
     return text
 
@@ -304,88 +297,63 @@ def inputs_fingerprint(train_docs, val_docs, args):
     return digest.hexdigest()
 
 
-def prepared_from(out_dir):
-    """The inputs fingerprint of a complete data folder (None if it has none or a file is missing or cut short)."""
-    try:
-        with open(os.path.join(out_dir, "meta.json")) as f:
-            meta = json.load(f)
-        sizes_ok = all(os.path.getsize(os.path.join(out_dir, f"{split}.bin")) == 2 * meta[f"{split}_tokens"]
-                       for split in ("train", "val"))
-        ranks_ok = meta["tokenizer"] != "bpe" or os.path.isfile(os.path.join(out_dir, meta["ranks_file"]))
-        whole = sizes_ok and ranks_ok and meta_problem(meta) is None  # training would read it as it is
-        return meta.get("inputs_sha256") if whole else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+@dataclass
+class Corpus:
+    """The documents read for --dataset or --input, and what prepare() records about them."""
+    train_docs: object  # a string, or a list of documents
+    val_docs: object
+    source: str
+    name: str  # the data folder's name before the tokenizer's suffix
+    documents: bool = False  # every document ends with an end-of-text token
+    extra: dict = None  # more entries for meta.json
+    val_names: list = None  # the held-out files, for val_files.txt
 
 
-def check_replaceable(out_dir, overwrite):
-    """A folder that holds other data is replaced only with --overwrite, and never while a training run reads it."""
-    if not os.path.exists(out_dir):
-        return
-    if not overwrite:
-        raise UserError(f"{out_dir} already holds data prepared from other text or options (or an incomplete "
-                        f"folder): replace it with --overwrite, or choose another --name")
-    readers = data_readers(out_dir)
-    if readers:
-        raise UserError(f"{out_dir} is read by a training run, {holder_text(readers[0], readers[0]['path'])}, "
-                        f"before replacing the data")
-
-
-def main(argv=None):
-    args = PrepareConfig()
-    parse_args(sys.argv[1:] if argv is None else argv, args, doc=__doc__)
-    documents, extra, val_names = False, {}, None
+def read_corpus(args):
+    """The text the options name: --input's file, or a --dataset (embedded, the Python source, or downloaded)."""
     if args.input:
-        if not os.path.isfile(args.input):
-            raise UserError(f"--input {args.input}: no such file")
-        text = read_input_text(args.input)
-        train_docs, val_docs = split_tail(text, args.val_fraction)
-        source, name = os.path.abspath(args.input), os.path.splitext(os.path.basename(args.input))[0]
-    elif args.dataset == "default":
+        train_docs, val_docs = split_tail(read_input_text(args.input), args.val_fraction)
+        return Corpus(train_docs, val_docs, os.path.abspath(args.input),
+                      os.path.splitext(os.path.basename(args.input))[0])
+    if args.dataset == "default":
         train_docs, val_docs = split_tail(default_corpus_text(), args.val_fraction)
-        source, name = "pydoc_data.topics (CPython documentation text)", "default"
-    elif args.dataset == "python":
+        return Corpus(train_docs, val_docs, "pydoc_data.topics (CPython documentation text)", "default")
+    if args.dataset == "python":
         train_docs, val_docs, extra, val_names = read_python_corpus(args)
-        source, name, documents = f"CPython {extra['python_version']} standard-library source (Lib/)", "python", True
-    else:
-        train_docs, val_docs = read_downloaded(args)
-        source, name = f"{args.dataset}: {DATASETS[args.dataset][0]}", args.dataset
+        return Corpus(train_docs, val_docs, f"CPython {extra['python_version']} standard-library source (Lib/)",
+                      "python", True, extra, val_names)
+    train_docs, val_docs = read_downloaded(args)
+    return Corpus(train_docs, val_docs, f"{args.dataset}: {DATASETS[args.dataset][0]}", args.dataset)
 
+
+def folder_for(args, corpus):
     suffix = {"bytes": "", "gpt2": "_gpt2", "bpe": f"_bpe{args.vocab_size}"}[args.tokenizer]
-    out_dir = os.path.join(args.data_dir, args.name or name + suffix)
-    inputs = inputs_fingerprint(train_docs, val_docs, args)
-    os.makedirs(args.data_dir, exist_ok=True)
-    lock = take_lock(data_lock(out_dir), out_dir)  # one writer per data folder
-    try:
-        finish_switch(out_dir, lambda folder: prepared_from(folder) is not None)
-        settle_replacement(out_dir)
-        if prepared_from(out_dir) == inputs and not args.overwrite:
-            print(f"kept {out_dir}: already prepared from the same text with the same options")
-            return out_dir
-        check_replaceable(out_dir, args.overwrite)
-        t0 = time.time()
-        new = f"{out_dir}.new"  # written whole beside the old folder, then renamed into its place
-        try:
-            meta = prepare(train_docs, val_docs, new, args.tokenizer, source, args.max_train_tokens,
-                           args.vocab_size, documents, dict(extra, inputs_sha256=inputs), val_names)
-        except BaseException as e:  # a full disk, Ctrl-C: no half-written folder is left beside the old one
-            shutil.rmtree(new, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                docs = [train_docs, val_docs] if isinstance(train_docs, str) else [*train_docs, *val_docs]
-                text_bytes = sum(len(doc.encode()) for doc in docs)  # two bytes a token, at most a token a byte
-                raise UserError(f"{new}: the disk is full (the token files need up to {2 * text_bytes / 2**20:,.1f} "
-                                f"MB, {shutil.disk_usage(args.data_dir).free / 2**20:,.1f} MB are free): free some "
-                                f"space or choose another --data_dir") from None
-            raise
-        put_in_place(new, out_dir)
-    finally:
-        release_lock(lock)
+    return os.path.join(args.data_dir, args.name or corpus.name + suffix)
+
+
+def prepare_corpus(args, corpus, out_dir):
+    """prepare() of a Corpus with the options' tokenizer; its meta records the inputs' fingerprint."""
+    extra = dict(corpus.extra or {}, inputs_sha256=inputs_fingerprint(corpus.train_docs, corpus.val_docs, args))
+    return prepare(corpus.train_docs, corpus.val_docs, out_dir, args.tokenizer, corpus.source, args.max_train_tokens,
+                   args.vocab_size, corpus.documents, extra, corpus.val_names)
+
+
+def report(args, meta, out_dir, seconds):
     bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['n_vocab']}{bpe}; "
-          f"{time.time() - t0:.1f}s)")
+          f"({args.tokenizer}, vocab {meta['n_vocab']} + [MASK] = id {meta['n_vocab']}{bpe}; {seconds:.1f}s)")
+
+
+def main(args):
+    """Read the corpus and write its folder (plainly: lab/launch.py's `prepare` adds the lock, the whole-folder
+    switch and the checks)."""
+    t0 = time.time()
+    corpus = read_corpus(args)
+    out_dir = folder_for(args, corpus)
+    report(args, prepare_corpus(args, corpus, out_dir), out_dir, time.time() - t0)
     return out_dir
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the command line: lab/ checks the options, locks the folder and replaces it whole
+    from lab.launch import prepare
+    prepare()

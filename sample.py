@@ -9,9 +9,6 @@ In a prompt, `[MASK]` stands for one unknown token and `[MASK*N]` for N of them.
 prompt from a file. The checkpoint's kind picks the decoder; its tokenizer decodes the text.
 The functions are importable: ar_generate and diffusion_generate take a model and token tensors.
 """
-if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import codecs
 import re
 import sys
@@ -19,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from config import option
 from model import KVCache
-from cli import UserError, option, parse_args, run_cli
+from runtime import load_checkpoint, mixed_precision, model_from_checkpoint, pick_device, pick_dtype
 from tokenizer import tokenizer_from_meta
-from runtime import load_checkpoint, mixed_precision, model_from_checkpoint, number_format, pick_device
 
 MASK_GLYPH = "\u2591"  # drawn for a still-masked token in --show
 
@@ -195,43 +192,33 @@ def render(enc, ids, mask_id):
 
 def read_prompt(start):
     if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                return f.read()
-        except OSError as e:
-            raise UserError(f"--start {start}: cannot read the file ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"--start {start}: the file is not UTF-8 text (byte {e.start}): give a text file") \
-                from None
+        with open(start[5:], encoding="utf-8") as f:
+            return f.read()
     return start
 
 
-def main(argv=None):
-    """The command line: a bad value met inside the generators (their ValueError) is one line too."""
-    config = SampleConfig()
-    parse_args(sys.argv[1:] if argv is None else argv, config, doc=__doc__)
+def main(config):
+    """num_samples samples from config.ckpt; the model's attention picks the decoder (causal: left to right)."""
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
     enc = tokenizer_from_meta(ckpt["meta"])
     prompt = encode_prompt(enc, read_prompt(config.start), model.config.mask_id)
     if len(prompt) > model.config.block_size:
-        raise UserError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: shorten it")
+        raise ValueError(f"the prompt has {len(prompt)} tokens but the context is {model.config.block_size}: "
+                         f"shorten it")
     generator = torch.Generator().manual_seed(config.seed)
-    autocast, _ = mixed_precision(device, number_format(device))  # as training: bf16 on recent GPUs, fp16 on older
-    try:
-        with autocast:
-            (sample_ar if ckpt["kind"] == "ar" else sample_diffusion)(model, enc, prompt, config, generator)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    autocast, _ = mixed_precision(device, pick_dtype(device))  # as training: bf16 on recent GPUs, fp16 on older
+    with autocast:
+        (sample_ar if model.config.causal else sample_diffusion)(model, enc, prompt, config, generator)
 
 
 def sample_ar(model, enc, prompt, config, generator):
     """num_samples continuations of the prompt, each streamed to the terminal token by token."""
     if not prompt:
-        raise UserError("--start is empty: the AR model needs at least one prompt token")
+        raise ValueError("--start is empty: the AR model needs at least one prompt token")
     if model.config.mask_id in prompt:
-        raise UserError("an AR model cannot infill: [MASK] in the prompt needs a diffusion checkpoint")
+        raise ValueError("an AR model cannot infill: [MASK] in the prompt needs a diffusion checkpoint")
     for _ in range(config.num_samples):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
         print(enc.decode(prompt), end="", flush=True)
@@ -255,10 +242,10 @@ def sample_diffusion(model, enc, prompt, config, generator):
         gen_length = block_size - len(prompt)
         gen_length -= gen_length % config.block_length if config.block_length else 0
     if len(prompt) + gen_length > block_size:
-        raise UserError(f"prompt ({len(prompt)}) + --gen_length ({gen_length}) is longer than the context "
+        raise ValueError(f"prompt ({len(prompt)}) + --gen_length ({gen_length}) is longer than the context "
                         f"({block_size}): shorten one")
     if gen_length == 0 and mask_id not in prompt:
-        raise UserError("--gen_length=0 only fills [MASK]s in the prompt, and the prompt has none")
+        raise ValueError("--gen_length=0 only fills [MASK]s in the prompt, and the prompt has none")
     steps = config.steps or gen_length or prompt.count(mask_id)
     x = torch.tensor([prompt + [mask_id] * gen_length] * config.num_samples, device=model.embed.weight.device)
 
@@ -272,5 +259,6 @@ def sample_diffusion(model, enc, prompt, config, generator):
         print("-" * 60)
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the command line: lab/ checks the options, the checkpoint and the prompt, then main
+    from lab.launch import sample
+    sample()

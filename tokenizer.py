@@ -20,7 +20,6 @@ from collections import Counter
 import regex  # tiktoken's own dependency; Python's `re` has no \p{L}
 import tiktoken
 
-from cli import UserError
 
 # GPT-2's pre-split: contractions, letter runs, digit runs, punctuation runs, each with one leading space
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -39,7 +38,7 @@ def train_bpe(texts, vocab_size):
     the distinct pieces weighted by frequency and updated incrementally at each merge, touching only the pieces
     that hold the merged pair, so 8K merges over ~10 MB take seconds, not hours."""
     if not 256 <= vocab_size <= 65535:
-        raise UserError(f"--vocab_size {vocab_size}: a byte-level BPE needs 256 to 65535 tokens")
+        raise ValueError(f"--vocab_size {vocab_size}: a byte-level BPE needs 256 to 65535 tokens")
     ranks = {bytes([i]): i for i in range(256)}
     token_bytes = [bytes([i]) for i in range(256)]
     words, freqs = piece_counts([texts] if isinstance(texts, str) else texts)
@@ -48,7 +47,7 @@ def train_bpe(texts, vocab_size):
     heapq.heapify(heap)
     while len(ranks) < vocab_size:
         if not heap:
-            raise UserError(f"the train text allows only {len(ranks)} BPE tokens: use a smaller --vocab_size "
+            raise ValueError(f"the train text allows only {len(ranks)} BPE tokens: use a smaller --vocab_size "
                             f"or more text")
         neg_count, _, _, a, b = heapq.heappop(heap)
         count = pair_counts.get((a, b), 0)
@@ -131,16 +130,16 @@ def save_ranks(ranks, path):
 
 
 def ranks_from_text(text):
-    """Parse a ranks file's text (a UserError if it is not one). Same format as tiktoken.load.load_tiktoken_bpe, which
+    """Parse a ranks file's text (a ValueError if it is not one). Same format as tiktoken.load.load_tiktoken_bpe, which
     would also cache a local file under its path's name (a retrained file at the same path would come back stale)."""
     try:
         ranks = {base64.b64decode(token, validate=True): int(rank)
                  for token, rank in (line.split() for line in text.splitlines() if line)}
     except (ValueError, binascii.Error):
-        raise UserError("the BPE ranks file is damaged (each line must be a base64 token and its rank): prepare the "
+        raise ValueError("the BPE ranks file is damaged (each line must be a base64 token and its rank): prepare the "
                         "data again with prepare_data.py --overwrite") from None
     if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
-        raise UserError("the BPE ranks file is damaged (its ranks are not 0 ... n-1 over at least the 256 bytes): "
+        raise ValueError("the BPE ranks file is damaged (its ranks are not 0 ... n-1 over at least the 256 bytes): "
                         "prepare the data again with prepare_data.py --overwrite")
     return ranks
 
@@ -154,7 +153,7 @@ def make_encoding(name, ranks_text=None, eot_id=None):
         try:
             return tiktoken.get_encoding("gpt2")  # its <|endoftext|> is 50256
         except Exception as e:
-            raise UserError(f"could not load the GPT-2 BPE file (tiktoken downloads it once and caches it): "
+            raise ValueError(f"could not load the GPT-2 BPE file (tiktoken downloads it once and caches it): "
                             f"{type(e).__name__}; offline, use --tokenizer bpe or bytes") from None
     special = {EOT: eot_id} if eot_id is not None else {}
     if name == "bytes":
@@ -163,11 +162,11 @@ def make_encoding(name, ranks_text=None, eot_id=None):
                                  mergeable_ranks={bytes([i]): i for i in range(256)})
     if name == "bpe":
         if ranks_text is None:
-            raise UserError("a 'bpe' tokenizer needs its ranks file: re-run prepare_data.py --tokenizer bpe")
+            raise ValueError("a 'bpe' tokenizer needs its ranks file: re-run prepare_data.py --tokenizer bpe")
         ranks = ranks_from_text(ranks_text)
         return tiktoken.Encoding(name=f"bpe{len(ranks)}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                  special_tokens=special)
-    raise UserError(f"unknown tokenizer '{name}': choose bytes, bpe or gpt2")
+    raise ValueError(f"unknown tokenizer '{name}': choose bytes, bpe or gpt2")
 
 
 def eot_id_for(name, n_vocab):
@@ -185,10 +184,10 @@ def portable_meta(meta, data_dir):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__}): prepare the "
+        raise ValueError(f"{path} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__}): prepare the "
                         f"data again with prepare_data.py --overwrite") from None
     if hashlib.sha256(text.encode()).hexdigest() != meta.get("ranks_sha256"):
-        raise UserError(f"{path} is not the tokenizer that made this data (its sha256 differs from meta.json's "
+        raise ValueError(f"{path} is not the tokenizer that made this data (its sha256 differs from meta.json's "
                         f"ranks_sha256): prepare the data again with prepare_data.py --overwrite")
     return dict(meta, ranks_text=text)
 

@@ -8,40 +8,35 @@ The loop, data, schedule and checkpoints live in trainer.py; this file holds onl
 bidirectional attention, the masked-token loss, and that loss's two evaluations (the ELBO bound on the validation
 NLL and on a continuation's NLL). `diff train_ar.py train_diffusion.py` shows everything that differs between the two.
 """
-if __name__ == "__main__":  # first: a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch
 import torch.nn.functional as F
-
-from trainer import main
 
 KIND = "diffusion"
 CAUSAL = False
 EPS = 1e-3  # t ~ U(EPS, 1): the 1/t weight stays finite
 
 
-def draw_masks(x, generator, share):
+def draw_masks(x, noise):
     """t (B,) and the masked positions (B, T) of this process's rows of x. Drawn for the whole global batch of
-    B * world_size rows from `generator` (seeded by seed, iteration and micro-step: the same in every process), then
-    sliced to this process's rows, share = (rank, world_size): N processes, and a resumed run, see exactly the
-    masks of one uninterrupted process."""
-    (B, T), (rank, world_size) = x.shape, share
-    u = torch.rand(1, generator=generator)
+    B * world_size rows from noise.generator (seeded by seed, iteration and micro-step: the same in every process),
+    then sliced to this process's rows: N processes, and a resumed run, see exactly the masks of one uninterrupted
+    process."""
+    (B, T), world_size = x.shape, noise.world_size
+    u = torch.rand(1, generator=noise.generator)
     u_rows = (u + torch.arange(B * world_size) / (B * world_size)) % 1.0  # stratified over the batch, as in MDLM
-    u_tokens = torch.rand(B * world_size, T, generator=generator)
-    rows = slice(rank * B, (rank + 1) * B)
+    u_tokens = torch.rand(B * world_size, T, generator=noise.generator)
+    rows = slice(noise.rank * B, (noise.rank + 1) * B)
     t = EPS + (1 - EPS) * u_rows[rows].to(x.device)
     masked = u_tokens[rows].to(x.device) < t[:, None]  # each token masked independently with probability t
     return t, masked
 
 
-def training_loss(model, batch, mask_id, generator, share):
+def training_loss(model, batch, noise):
     """Masked diffusion loss (MDLM / SMDM / LLaDA and paper 1: absorbing state, linear schedule):
     loss = 1/(B*T) * sum_b 1/t_b * sum_{i masked} -log p(x[b, i] | x_t[b])."""
     x = batch[:, :-1]
-    t, masked = draw_masks(x, generator, share)
-    x_t = torch.where(masked, mask_id, x)  # absorbing state: a masked token becomes [MASK]
+    t, masked = draw_masks(x, noise)
+    x_t = torch.where(masked, noise.mask_id, x)  # absorbing state: a masked token becomes [MASK]
     logits = model(x_t, positions=masked)  # predictions at the masked positions only, in x[masked]'s order
     nll = F.cross_entropy(logits, x[masked], reduction="none")
     # linear schedule alpha(t) = 1 - t: the ELBO's weight -alpha'(t) / (1 - alpha(t)) is 1/t (MDLM, eq. 10)
@@ -71,13 +66,19 @@ def masked_elbo(model, x, maskable, seeds, samples, batch_size):
     return nats.view(B, K).mean(dim=1)
 
 
-def validation_loss(model, windows, window_ids, samples, batch_size, seed):
-    """ELBO bound on the NLL (the training loss's formula, no gradient, K = `samples`) over every token of each
-    window, with masks seeded by `seed` and the window's id, so the same checkpoint always gives the same number.
+def log_fields(config):
+    """What this objective adds to every line of log.jsonl: the K of its validation ELBO."""
+    return {"elbo_samples": config.elbo_samples}
+
+
+def evaluate_loss(model, windows, window_ids, config):
+    """ELBO bound on the NLL (the training loss's formula, no gradient, K = elbo_samples) over every token of each
+    window, with masks seeded by eval_seed and the window's id, so the same checkpoint always gives the same number.
     Returns (nats summed over windows, tokens)."""
     x = windows[:, :-1]
-    seeds = [seed * 1_000_003 + int(w) for w in window_ids]
-    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, samples, batch_size)
+    seeds = [config.eval_seed * 1_000_003 + int(w) for w in window_ids]
+    nats = masked_elbo(model, x, torch.ones_like(x, dtype=torch.bool), seeds, config.elbo_samples,
+                       config.eval_batch_size)
     return nats.sum().item(), x.numel()
 
 
@@ -85,7 +86,7 @@ def continuation_nll(model, contexts, continuations, item_ids, samples, batch_si
     """Bound on -log p(continuation | context) per row, in nats: the conditional ELBO (K = `samples`), only the
     continuation's positions masked. The masks are seeded by `seed` and the item's id, so every choice of an item
     sees the same masks and a checkpoint always gives the same answer. With an empty context it is
-    validation_loss's formula."""
+    evaluate_loss's formula."""
     x = torch.cat([contexts, continuations], dim=1)
     maskable = torch.zeros_like(x, dtype=torch.bool)
     maskable[:, contexts.shape[1]:] = True
@@ -93,5 +94,7 @@ def continuation_nll(model, contexts, continuations, item_ids, samples, batch_si
     return masked_elbo(model, x, maskable, seeds, samples, batch_size)
 
 
-if __name__ == "__main__":
-    main(KIND, CAUSAL, training_loss, validation_loss, continuation_nll)
+if __name__ == "__main__":  # the command line: lab/ checks the options and guards the run folder, then trainer.run
+    import sys
+    from lab.launch import train
+    train(sys.modules[__name__])

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import prepare_data  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
 from tokenizer import make_encoding, piece_counts, ranks_to_text, train_bpe  # noqa: E402
 
 

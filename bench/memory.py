@@ -17,13 +17,13 @@ import sys
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
-from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import mixed_precision, number_format, pick_device  # noqa: E402
+from lab.errors import run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from runtime import mixed_precision, pick_dtype  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass
@@ -44,10 +44,10 @@ def one_step_peak(config, kind, batch):
     """Peak bytes of one training step at `batch` windows (run in a child process)."""
     import train_ar
     import train_diffusion
-    from trainer import step_generator
+    from trainer import Noise, step_generator
     script = {"ar": train_ar, "diffusion": train_diffusion}[kind]
     device = pick_device(config.device)
-    dtype = number_format(device, config.dtype)
+    dtype = pick_dtype(device, config.dtype)
     model = random_model(config, script.CAUSAL, device)
     windows = torch.randint(0, config.n_vocab, (batch, config.block_size + 1), device=device)
     autocast, _ = mixed_precision(device, dtype)  # as training runs it
@@ -59,7 +59,7 @@ def one_step_peak(config, kind, batch):
         saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
     with autocast, torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        loss = script.training_loss(model, windows, model.config.mask_id, step_generator(0, 0, 0), (0, 1))
+        loss = script.training_loss(model, windows, Noise(step_generator(0, 0, 0), model.config.mask_id))
     loss.backward()
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), sum(saved.values())
@@ -76,7 +76,7 @@ def main():
     batches = sorted(list_items("batches", config.batches, int))
     device = pick_device(config.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name} | dtype {str(number_format(device, config.dtype)).replace('torch.', '')} | "
+    print(f"device: {name} | dtype {str(pick_dtype(device, config.dtype)).replace('torch.', '')} | "
           f"{config.n_layer} layers x {config.n_embd}, context {config.block_size}, vocab {config.n_vocab} | "
           f"peak of one training step at {', '.join(map(str, batches))} windows")
     print(f"{'kind':<10} " + " ".join(f"{f'peak @{b}':>11}" for b in batches) + f" {'per window':>11}"

@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
-from cli import list_items, option, parse_args, run_cli  # noqa: E402
-from runtime import pick_device  # noqa: E402
+from lab.errors import run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass

@@ -4,7 +4,8 @@ import sys
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cli import UserError, option  # noqa: E402
+from lab.errors import UserError  # noqa: E402
+from config import option  # noqa: E402
 from model import ModelConfig, Transformer, shape_problem  # noqa: E402
 
 

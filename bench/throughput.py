@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape, random_model  # noqa: E402
-from cli import option, parse_args, run_cli  # noqa: E402
-from runtime import mixed_precision, number_format, peak_flops, pick_device  # noqa: E402
+from lab.errors import run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import parse_checked as parse_args  # noqa: E402
+from runtime import mixed_precision, pick_dtype, peak_flops  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 from config import TrainConfig  # noqa: E402
-from trainer import make_optimizer, step_generator  # noqa: E402
+from trainer import Noise, make_optimizer, step_generator  # noqa: E402
 
 
 @dataclass
@@ -55,7 +55,7 @@ def training_step(script, config, device, dtype, windows, compile=False, compile
 
     def step(i):
         with autocast:
-            loss = script.training_loss(step_model, windows, model.config.mask_id, step_generator(0, i, 0), (0, 1))
+            loss = script.training_loss(step_model, windows, Noise(step_generator(0, i, 0), model.config.mask_id))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -107,7 +107,7 @@ def main():
     config = BenchConfig()
     parse_args(sys.argv[1:], config, doc=__doc__)
     device = pick_device(config.device)
-    dtype = number_format(device, config.dtype)
+    dtype = pick_dtype(device, config.dtype)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -8,7 +8,7 @@ Each round times a few training steps (forward, loss, backward, clip, AdamW, on 
 GPT, then of this project's AR and diffusion models, so a busy moment of the machine slows all three alike; the
 figures are the medians over the rounds. nanoGPT's model is imported from the file given, as its own train.py builds
 it (no bias, no dropout, its configure_optimizers); this project's as bench/throughput.py builds it. All three run
-under the allocator setting this project's CPU runs use (runtime.keep_freed_cpu_memory), so the comparison is of the
+under the allocator setting this project's CPU runs use (lab.launch.keep_freed_cpu_memory), so the comparison is of the
 steps alone; nanoGPT's own train.py runs under glibc's defaults (bench/vs_nanogpt_train.py compares the programs).
 """
 import importlib.util
@@ -19,16 +19,15 @@ import time
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 import train_ar  # noqa: E402
 import train_diffusion  # noqa: E402
 from shape import ModelShape  # noqa: E402
 from throughput import training_step  # noqa: E402
-from cli import UserError, option, parse_args, run_cli  # noqa: E402
-from runtime import pick_device  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import parse_checked as parse_args  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass
@@ -70,7 +69,7 @@ def main():
     parse_args(sys.argv[1:], config, doc=__doc__)
     windows = torch.randint(0, config.n_vocab, (config.batch_size, config.block_size + 1),
                             generator=torch.Generator().manual_seed(0))
-    cpu = pick_device("cpu")  # which also keeps freed memory (runtime.keep_freed_cpu_memory), for all three models
+    cpu = pick_device("cpu")  # which also keeps freed memory (lab.launch.keep_freed_cpu_memory), for all three models
     steps = {"nanoGPT": nanogpt_step(config.nanogpt, config, windows),
              "ar": training_step(train_ar, config, cpu, torch.float32, windows)[1],
              "diffusion": training_step(train_diffusion, config, cpu, torch.float32, windows)[1]}

@@ -7,7 +7,7 @@ each a fresh process, in interleaved rounds.
 
 Each round runs nanoGPT's train.py as it ships (CPU, float32, no compile, no bias, no dropout; the median of its
 logged times per iteration after the first `skip`), then train.py again under this project's allocator setting
-(runtime.keep_freed_cpu_memory, given to it as glibc's environment variables), then bench/throughput.py for both
+(lab.launch.keep_freed_cpu_memory, given to it as glibc's environment variables), then bench/throughput.py for both
 kinds (the median of `iters` single steps each). A slow minute of the machine slows one round's programs alike, so
 the figures are the medians of the per-round ratios. train.py runs on a copy of its files in a temporary folder, on
 the default corpus as bytes: nothing is written beside nanoGPT. bench/vs_nanogpt.py compares the steps in one process.
@@ -23,14 +23,13 @@ import tempfile
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import numpy as np  # noqa: E402
 from shape import ModelShape  # noqa: E402
-from cli import UserError, option, parse_args, run_cli  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import parse_checked as parse_args  # noqa: E402
 from prepare_data import default_corpus_text  # noqa: E402
-from runtime import kept_memory_environment  # noqa: E402
+from lab.launch import kept_memory_environment  # noqa: E402
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.py")
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py")

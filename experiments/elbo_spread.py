@@ -5,6 +5,7 @@ between two runs against the noise of the estimate.
 
     python experiments/elbo_spread.py --ckpt=out/cpu_recipe/diffusion_e300 --seeds=5 --ks=32,128
 """
+import dataclasses
 import os
 import statistics
 import sys
@@ -12,15 +13,16 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 
 import train_diffusion  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from data import load_run_data, load_tokens, val_windows  # noqa: E402
-from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from data import val_windows  # noqa: E402
+from lab.checks import checked_tokens, load_run_data  # noqa: E402
+from runtime import load_checkpoint, model_from_checkpoint  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass
@@ -38,7 +40,7 @@ def main():
     if ckpt["kind"] != "diffusion":
         raise UserError(f"{config.ckpt} is an AR checkpoint: its validation NLL is exact, with no spread")
     train_config, data_dir, meta = load_run_data(ckpt)
-    windows = val_windows(load_tokens(data_dir, "val", meta), train_config.block_size, train_config.eval_windows)
+    windows = val_windows(checked_tokens(data_dir, "val", meta), train_config.block_size, train_config.eval_windows)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
     print(f"{config.ckpt}: iter {ckpt['iter']}, epoch {ckpt['epoch']:.1f}, {len(windows)} val windows")
@@ -46,8 +48,9 @@ def main():
         values = []
         for seed in range(config.seeds):
             with torch.no_grad():
-                nats, count = train_diffusion.validation_loss(model, windows.to(device), torch.arange(len(windows)),
-                                                              k, train_config.eval_batch_size, 1234 + seed)
+                scoring = dataclasses.replace(train_config, elbo_samples=k, eval_seed=1234 + seed)
+                nats, count = train_diffusion.evaluate_loss(model, windows.to(device), torch.arange(len(windows)),
+                                                            scoring)
             values.append(nats / count)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"K = {k:4d}: ELBO {statistics.mean(values):.4f} +- {spread:.4f} nats/token (std over {len(values)} "

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import compare  # noqa: E402
-from cli import UserError, parse_args, run_cli  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from lab.checks import parse_checked as parse_args  # noqa: E402
 
 
 @dataclass

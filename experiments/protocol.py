@@ -25,6 +25,7 @@ per-evaluation items came from (downstream.split_files), scored once by each kin
 fixed in advance: its best validation loss (best.pt of the best setting) and, reported apart, its best accuracy on
 the selection items (best_choice.pt of the run that scored highest); the paired difference, clustered by file.
 """
+import dataclasses
 import json
 import math
 import os
@@ -35,19 +36,19 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import compare  # noqa: E402
 import downstream  # noqa: E402
 import evaluate  # noqa: E402
 import sweep  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
-from data import load_run_data, load_tokens  # noqa: E402
-from folders import replace_whole  # noqa: E402
-from runtime import load_checkpoint, pick_device  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from lab.checks import checked_tokens, load_run_data  # noqa: E402
+from lab.folders import replace_whole  # noqa: E402
+from runtime import load_checkpoint  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass
@@ -146,8 +147,9 @@ def rescore(rows, folder, config, scores, device):
 
         def compute():
             ckpt, train, _, val_tokens, model = evaluate.loaded(path, device)
-            loss, n = evaluate.val_score(ckpt, model, val_tokens, train.block_size, config.rescore_windows,
-                                         config.rescore_samples, train.eval_batch_size, train.eval_seed)
+            scoring = dataclasses.replace(train, eval_windows=config.rescore_windows,
+                                          elbo_samples=config.rescore_samples)
+            loss, n = evaluate.val_score(ckpt, model, val_tokens, scoring)
             print(f"  rescored {r['run']}: {loss:.4f} ({n} windows; logged best {r['best_val']:.4f})", flush=True)
             return {"loss": loss, "windows": n}
         found = scores.get(key, compute)
@@ -157,7 +159,7 @@ def rescore(rows, folder, config, scores, device):
 def test_items(folder, run, config):
     """The held-out test items (the same for every run of the U: its data and block size are the grid's)."""
     train, data_dir, meta = load_run_data(load_checkpoint(os.path.join(folder, run, "best.pt")))
-    val_tokens = load_tokens(data_dir, "val", meta)  # the data only: no model is built for it
+    val_tokens = checked_tokens(data_dir, "val", meta)  # the data only: no model is built for it
     lengths = downstream.item_lengths(meta, train.block_size)
     items = downstream.build_items(val_tokens, config.test_items, *lengths, seed=config.test_seed,
                                    files=downstream.item_set(val_tokens, meta, "test"))

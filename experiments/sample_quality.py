@@ -19,14 +19,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 import train_ar  # noqa: E402
-from data import load_run_data, load_tokens  # noqa: E402
-from runtime import load_checkpoint, model_from_checkpoint, pick_device  # noqa: E402
-from cli import UserError, list_items, option, parse_args, run_cli  # noqa: E402
+from lab.checks import checked_tokens, load_run_data  # noqa: E402
+from runtime import load_checkpoint, model_from_checkpoint  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
 from sample import ar_generate, diffusion_generate  # noqa: E402
 from tokenizer import same_tokenizer  # noqa: E402
 
@@ -77,7 +77,7 @@ def load_runs(config, device):
 def val_prompts(ref_ckpt, config):
     """config.samples prompts: prompt_tokens val tokens each, from evenly spread places of the reference's val."""
     _, data_dir, meta = load_run_data(ref_ckpt)
-    val = torch.from_numpy(load_tokens(data_dir, "val", meta).astype("int64"))
+    val = torch.from_numpy(checked_tokens(data_dir, "val", meta).astype("int64"))
     starts = torch.linspace(0, len(val) - config.prompt_tokens - 1, config.samples).long()
     return torch.stack([val[s:s + config.prompt_tokens] for s in starts])
 

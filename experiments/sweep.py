@@ -39,14 +39,15 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-if __name__ == "__main__":  # a Ctrl-C during the slow imports below is one line too (cli.quiet_start)
-    import cli
-    cli.quiet_start()
 import torch  # noqa: E402
 import compare  # noqa: E402
-from cli import UserError, fmt_time, list_items, option, parse_args, run_cli  # noqa: E402
-from folders import LOCK_FILE, lock_holder  # noqa: E402
-from runtime import number_format, peak_flops, pick_device  # noqa: E402
+from lab.errors import UserError, run_cli  # noqa: E402
+from config import option  # noqa: E402
+from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from trainer import fmt_time  # noqa: E402
+from lab.folders import LOCK_FILE, lock_holder  # noqa: E402
+from runtime import pick_dtype, peak_flops  # noqa: E402
+from lab.launch import checked_device as pick_device  # noqa: E402
 
 
 @dataclass
@@ -215,7 +216,7 @@ def measure(kind, train, meta, steps, warmup=3):
                                     steps=steps, warmup=warmup, device=train.device, dtype=train.dtype)
     device = pick_device(train.device)
     measured = throughput.bench(kind, importlib.import_module(f"train_{kind}"), config, device,
-                                number_format(device, train.dtype))
+                                pick_dtype(device, train.dtype))
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the measured model is gone: leave its memory to the runs
     return measured.tokens_per_s, measured.peak_bytes
@@ -353,7 +354,7 @@ def device_name(device):
 def run_is_finished(folder):
     try:
         records = compare.read_log(folder)
-    except UserError:
+    except ValueError:
         return False
     return os.path.exists(os.path.join(folder, "ckpt.pt")) and records[-1].get("done", False)
 

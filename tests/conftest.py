@@ -1,6 +1,7 @@
 import os
 import random
 import sys
+import types
 
 import pytest
 
@@ -52,5 +53,19 @@ def docs_data_dir(tmp_path):
 
 
 def eval_args(config):
-    """A config's (K, batch size, seed) for the kinds' validation_loss and continuation_nll."""
+    """A config's (K, batch size, seed) for the kinds' evaluate_loss and continuation_nll."""
     return config.elbo_samples, config.eval_batch_size, config.eval_seed
+
+
+def objective(script, **overrides):
+    """A training script's objective (KIND, CAUSAL, its losses), with some of its functions replaced (a test's
+    poisoned loss, say)."""
+    names = ("KIND", "CAUSAL", "training_loss", "evaluate_loss", "continuation_nll", "log_fields", "__file__",
+             "__doc__")
+    return types.SimpleNamespace(**dict({n: getattr(script, n) for n in names}, **overrides))
+
+
+def run_training(script, argv, **overrides):
+    """A training run as the command line starts it (lab/ in front of trainer.run), in this process."""
+    from lab.launch import train_run
+    return train_run(objective(script, **overrides), argv)

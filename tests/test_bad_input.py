@@ -12,16 +12,17 @@ import sys
 import numpy as np
 import pytest
 
+from lab import launch
+
 import compare
 import evaluate
 import prepare_data
 import sample
 import train_ar
 import train_diffusion
-from cli import run_cli
-from conftest import ROOT, tiny_args
+from lab.errors import run_cli
+from conftest import ROOT, tiny_args, run_training
 from config import TrainConfig
-from trainer import run
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -50,8 +51,7 @@ def victim(tmp_path_factory):
     root = tmp_path_factory.mktemp("victim")
     data_dir = make_tiny_data(root)
     for kind, script in TRAIN.items():
-        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
-            tiny_args(data_dir, str(root / kind), "--max_iters=20", "--eval_interval=10", "--elbo_samples=2"))
+        run_training(script, tiny_args(data_dir, str(root / kind), "--max_iters=20", "--eval_interval=10", "--elbo_samples=2"))
     return root, data_dir
 
 
@@ -113,13 +113,12 @@ def scripts(root, data_dir):
     import vs_nanogpt_train
     out = str(root / "ar")
     train = [(f"train_{kind}.py", TrainConfig,
-              lambda argv, kind=kind: run(kind, TRAIN[kind].CAUSAL, TRAIN[kind].training_loss,
-                                          TRAIN[kind].validation_loss, argv),
+              lambda argv, kind=kind: run_training(TRAIN[kind], argv),
               tiny_args(data_dir, out, "--overwrite", "--max_iters=4")) for kind in TRAIN]
     return train + [
-        ("sample.py", sample.SampleConfig, sample.main, [f"--ckpt={out}"]),
-        ("evaluate.py", evaluate.EvalConfig, evaluate.main, [f"--ckpt={out}"]),
-        ("prepare_data.py", prepare_data.PrepareConfig, prepare_data.main, [f"--data_dir={data_dir}"]),
+        ("sample.py", sample.SampleConfig, launch.sample_run, [f"--ckpt={out}"]),
+        ("evaluate.py", evaluate.EvalConfig, launch.evaluate_run, [f"--ckpt={out}"]),
+        ("prepare_data.py", prepare_data.PrepareConfig, launch.prepare_run, [f"--data_dir={data_dir}"]),
         ("experiments/sweep.py", sweep.SweepConfig, sweep.main, [f"--out={root / 'sweep'}"]),
         ("compare.py", compare.CompareConfig, compare.main, [out, f"--plot={root / 'p.png'}"]),
         ("experiments/elbo_spread.py", elbo_spread.SpreadConfig, argv_main(elbo_spread), [f"--ckpt={root}/diffusion"]),
@@ -159,7 +158,7 @@ def test_overwrite_with_a_bad_value_keeps_the_old_run(kind, extra, victim):
     root, data_dir = victim
     before = snapshot(root)
     script = TRAIN[kind]
-    one_line_error(lambda argv: run(kind, script.CAUSAL, script.training_loss, script.validation_loss, argv),
+    one_line_error(lambda argv: run_training(script, argv),
                    tiny_args(data_dir, str(root / kind), "--overwrite", *extra))
     assert snapshot(root) == before
 
@@ -179,8 +178,7 @@ def corrupt_copy(data_dir, tmp_path, token):
 def test_token_ids_outside_the_vocabulary_are_named_at_load(token, what, victim, tmp_path):
     _, data_dir = victim
     bad = corrupt_copy(data_dir, tmp_path, token)
-    message = one_line_error(lambda argv: run("diffusion", False, train_diffusion.training_loss,
-                                              train_diffusion.validation_loss, argv),
+    message = one_line_error(lambda argv: run_training(train_diffusion, argv),
                              tiny_args(bad, str(tmp_path / "run")))
     assert f"token id {token}" in message and "re-run prepare_data.py" in message
     assert re.search(what, message)
@@ -190,14 +188,14 @@ def test_token_ids_outside_the_vocabulary_are_named_at_load(token, what, victim,
 def test_prompt_files_that_are_not_utf8_and_inputs_that_are_not_text(victim, tmp_path):
     root, data_dir = victim
     (tmp_path / "prompt.bin").write_bytes(b"The \xff\xfe caf\xe9")
-    message = one_line_error(sample.main, [f"--ckpt={root}/ar", f"--start=FILE:{tmp_path / 'prompt.bin'}"])
+    message = one_line_error(launch.sample_run, [f"--ckpt={root}/ar", f"--start=FILE:{tmp_path / 'prompt.bin'}"])
     assert "not UTF-8" in message
     (tmp_path / "binary.dat").write_bytes(bytes(range(256)) * 40)
     before = snapshot(tmp_path)
-    message = one_line_error(prepare_data.main, [f"--input={tmp_path / 'binary.dat'}", f"--data_dir={tmp_path / 'd'}"])
+    message = one_line_error(launch.prepare_run, [f"--input={tmp_path / 'binary.dat'}", f"--data_dir={tmp_path / 'd'}"])
     assert "not text" in message and snapshot(tmp_path) == before
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 na\xefve \xe0 la r\xe9sum\xe9 ".encode("latin-1") * 50)
-    message = one_line_error(prepare_data.main, [f"--input={tmp_path / 'latin1.txt'}", f"--data_dir={tmp_path / 'd'}"])
+    message = one_line_error(launch.prepare_run, [f"--input={tmp_path / 'latin1.txt'}", f"--data_dir={tmp_path / 'd'}"])
     assert "not UTF-8" in message and not os.path.exists(tmp_path / "d")
 
 
@@ -207,11 +205,10 @@ def test_a_folder_without_a_checkpoint_is_reused_and_resume_there_says_start_wit
     folder.mkdir()
     shutil.copy(root / "ar" / "log.jsonl", folder / "log.jsonl")
     shutil.copy(root / "ar" / "best.pt", folder / "best.pt")
-    message = one_line_error(lambda argv: run("ar", True, train_ar.training_loss, train_ar.validation_loss, argv),
+    message = one_line_error(lambda argv: run_training(train_ar, argv),
                              tiny_args(data_dir, str(folder), "--resume"))
     assert "holds no checkpoint" in message and "without --resume" in message
-    run("ar", True, train_ar.training_loss, train_ar.validation_loss,
-        tiny_args(data_dir, str(folder), "--max_iters=6", "--eval_interval=3"))
+    run_training(train_ar, tiny_args(data_dir, str(folder), "--max_iters=6", "--eval_interval=3"))
     assert "starting afresh there" in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["best.pt", "ckpt.pt", "log.jsonl"]
     assert [line.count('"iter"') for line in open(folder / "log.jsonl")] == [1, 1, 1]
@@ -231,8 +228,7 @@ def test_a_fresh_overwrite_replaces_the_old_run_by_its_own_writes(victim, tmp_pa
         calls.append(1)
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        run("ar", True, stops_at_once, train_ar.validation_loss,
-            tiny_args(data_dir, str(folder), "--overwrite", "--max_iters=8", "--eval_interval=4"))
+        run_training(train_ar, training_loss=stops_at_once, argv=tiny_args(data_dir, str(folder), "--overwrite", "--max_iters=8", "--eval_interval=4"))
     new = load_checkpoint(str(folder / "ckpt.pt"))
     assert new["iter"] == 0 and new["config"]["max_iters"] == 8
     assert load_checkpoint(str(folder / "best.pt"))["iter"] == 0
@@ -259,7 +255,7 @@ def test_every_default_obeys_its_own_rule():
     import throughput
     import vs_nanogpt
     import vs_nanogpt_train
-    from cli import check_value
+    from lab.checks import check_value
     for config in [TrainConfig, sample.SampleConfig, evaluate.EvalConfig, prepare_data.PrepareConfig, sweep.SweepConfig,
                    elbo_spread.SpreadConfig, sample_quality.QualityConfig, throughput.BenchConfig,
                    sample_speed.SpeedConfig, bpe_speed.BenchConfig, vs_nanogpt.VersusConfig,
@@ -280,7 +276,7 @@ def copy_data(victim, tmp_path):
 
 def train_error(kind, data_dir, out):
     script = TRAIN[kind]
-    return one_line_error(lambda argv: run(kind, script.CAUSAL, script.training_loss, script.validation_loss, argv),
+    return one_line_error(lambda argv: run_training(script, argv),
                           tiny_args(data_dir, out, "--max_iters=2"))
 
 
@@ -301,7 +297,7 @@ def test_a_damaged_meta_json_is_one_line_naming_the_command_that_repairs_it(dama
     message = train_error("ar", data_dir, str(tmp_path / "run"))
     assert expected in message and "prepare_data.py and --overwrite" in message, message
     assert not os.path.exists(tmp_path / "run")
-    assert prepare_data.prepared_from(str(folder)) is None  # not kept as "prepared from the same inputs"
+    assert launch.prepared_from(str(folder)) is None  # not kept as "prepared from the same inputs"
 
 
 def test_a_tokenizer_file_not_the_one_that_made_the_data_is_refused_in_one_line(tmp_path):
@@ -311,7 +307,7 @@ def test_a_tokenizer_file_not_the_one_that_made_the_data_is_refused_in_one_line(
     lines = ranks.read_text().splitlines()
     ranks.write_text("\n".join(lines[:-1]) + "\n")  # a valid ranks file, one merge short: another tokenizer
     out = str(tmp_path / "run")
-    message = one_line_error(lambda argv: run("ar", True, train_ar.training_loss, train_ar.validation_loss, argv),
+    message = one_line_error(lambda argv: run_training(train_ar, argv),
                              [a for a in tiny_args(data_dir, out, "--max_iters=2") if a != "--dataset=tiny"]
                              + ["--dataset=docs"])
     assert "is not the tokenizer that made this data" in message and "--overwrite" in message, message
@@ -327,7 +323,7 @@ def test_checkpoints_without_their_entries_or_with_damaged_ranks_are_one_line_fo
                                                             ranks_text="not base64 at all!\n")))):
         path = str(tmp_path / f"{name}.pt")
         torch.save(broken, path)
-        message = one_line_error(sample.main, [f"--ckpt={path}", "--max_new_tokens=2", "--num_samples=1"])
+        message = one_line_error(launch.sample_run, [f"--ckpt={path}", "--max_new_tokens=2", "--num_samples=1"])
         expected = {"no_args": "lacks model_args", "no_tokenizer": "lacks tokenizer",
                     "bad_ranks": "ranks file is damaged"}[name]
         assert expected in message, message
@@ -335,7 +331,7 @@ def test_checkpoints_without_their_entries_or_with_damaged_ranks_are_one_line_fo
 
 def test_a_reader_that_goes_away_ends_a_script_quietly():
     """`python sample.py ... | head`: when the reader closes the pipe, the script stops with no traceback."""
-    script = "import cli\ncli.run_cli(lambda: [print('x' * 80, flush=True) for _ in range(10 ** 6)])"
+    script = "from lab.errors import run_cli\nrun_cli(lambda: [print('x' * 80, flush=True) for _ in range(10 ** 6)])"
     result = subprocess.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} | head -c 10", shell=True,
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.stdout == "x" * 10 and result.stderr == "", result.stderr[-500:]

@@ -11,7 +11,7 @@ import torch
 
 import compare
 from conftest import ROOT, TINY
-from cli import UserError
+from lab.errors import UserError
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import elbo_spread  # noqa: E402
@@ -69,9 +69,9 @@ def test_without_matplotlib_prints_table_and_says_how(tmp_path, monkeypatch, cap
 
 def test_folder_without_log_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="has no log.jsonl"):
+    with pytest.raises(ValueError, match="has no log.jsonl"):
         compare.main([str(tmp_path / "empty")])
-    with pytest.raises(UserError, match="unknown option --plto; did you mean --plot"):
+    with pytest.raises(SystemExit, match="unknown option --plto=x; did you mean --plot"):
         compare.main([str(tmp_path / "empty"), "--plto=x"])
 
 
@@ -122,7 +122,7 @@ def test_sweep_seeds_give_one_run_each(data_dir, tmp_path, capsys):
     configs = [torch.load(os.path.join(out, r["run"], "ckpt.pt"), weights_only=False)["config"] for r in rows]
     assert [c["seed"] for c in configs] == [1, 2]
     assert rows[0]["final_val"] != rows[1]["final_val"]  # a different seed is a different run
-    with pytest.raises(UserError, match="--seeds takes whole numbers"):
+    with pytest.raises(ValueError, match="--seeds takes whole numbers"):
         sweep.main(["--seeds=1,two", f"--out={out}"])
 
 
@@ -131,7 +131,7 @@ def test_a_plan_over_its_budget_is_refused_before_anything_is_written(data_dir, 
     # an assumed rate rather than a measured one: the same plan twice, whatever the machine's load
     grid = ["--ar_epochs=200", "--diffusion_epochs=2000", f"--out={out}", "--assumed_tflops=0.01"]
     train = ["--", *TINY, f"--data_dir={data_dir}", "--dataset=tiny"]
-    with pytest.raises(UserError, match=r"the plan needs about [0-9.]+ min but the budget is 1.0 min: "
+    with pytest.raises(ValueError, match=r"the plan needs about [0-9.]+ min but the budget is 1.0 min: "
                                         r"--unique_tokens=\d+ would fit") as refused:
         sweep.main(["--unique_tokens=2000", *grid, "--budget_s=60", *train])
     assert not os.path.exists(out)
@@ -164,9 +164,9 @@ def test_sweep_model_sizes_and_bad_values(data_dir, tmp_path, capsys):
     assert sweep.model_options("6x384") == ["--n_layer=6", "--n_embd=384", "--n_head=6"]
     assert sweep.model_options("2x64x2") == ["--n_layer=2", "--n_embd=64", "--n_head=2"]
     for bad in ["6", "6x", "x384", "0x64", "6x384x2x1"]:
-        with pytest.raises(UserError, match="layers x width"):
+        with pytest.raises(ValueError, match="layers x width"):
             sweep.model_options(bad)
-    with pytest.raises(UserError, match="--ar_epochs takes numbers"):
+    with pytest.raises(ValueError, match="--ar_epochs takes numbers"):
         sweep.main(["--ar_epochs=8,lots", "--plan_only"])
     sweep.main(["--unique_tokens=1000", "--ar_models=1x32x2,2x64x2", "--ar_epochs=2", "--diffusion_epochs=10",
                 "--plan_only", "--assumed_tflops=1", "--", f"--data_dir={data_dir}", "--dataset=tiny",
@@ -242,7 +242,7 @@ def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(
         path = tmp_path / folder / "log.jsonl"
         lines = [dict(json.loads(line), tokenizer=tokenizer) for line in path.read_text().splitlines()]
         path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    with pytest.raises(UserError, match=r"different tokenizers \(bpe-1024-abc in ar, bpe-8192-def in df\)"):
+    with pytest.raises(ValueError, match=r"different tokenizers \(bpe-1024-abc in ar, bpe-8192-def in df\)"):
         compare.main([str(tmp_path / "ar"), str(tmp_path / "df"), "--no_plot"])
     # a last line torn by a kill is left out (the run redoes it when resumed); a damaged line before it is an error
     with open(tmp_path / "ar" / "log.jsonl", "a") as f:
@@ -250,15 +250,15 @@ def test_runs_of_different_tokenizers_are_refused_and_damaged_logs_are_one_line(
     assert [r["iter"] for r in compare.read_log(str(tmp_path / "ar"))] == [0, 10, 20]
     with open(tmp_path / "ar" / "log.jsonl", "a") as f:
         f.write('\n{"iter": 40}\n')  # the torn line is no longer the last
-    with pytest.raises(UserError, match=r"log.jsonl line 4 is not JSON"):
+    with pytest.raises(ValueError, match=r"log.jsonl line 4 is not JSON"):
         compare.read_log(str(tmp_path / "ar"))
     # a line of JSON without the fields the table needs (another program's log, or a hand edit): one line naming them
     (tmp_path / "ar" / "log.jsonl").write_text('{"iter": 0, "epoch": 0.0, "kind": "ar"}\n')
-    with pytest.raises(UserError, match=r"line 1 lacks tokens, train_loss, val_loss, tokenizer"):
+    with pytest.raises(ValueError, match=r"line 1 lacks tokens, train_loss, val_loss, tokenizer"):
         compare.read_log(str(tmp_path / "ar"))
     # a plot path that cannot be written: one line
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(UserError, match="--plot .*cannot write it"):
+    with pytest.raises(ValueError, match="--plot .*cannot write it"):
         compare.main([str(tmp_path / "df"), f"--plot={tmp_path / 'a_file' / 'p.png'}"])
 
 

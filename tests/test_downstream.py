@@ -3,15 +3,17 @@ import math
 
 import numpy as np
 import pytest
+
+from lab import launch
 import torch
 
-from conftest import eval_args
+from conftest import eval_args, run_training
 
 import downstream
 import evaluate
 import train_ar
 import train_diffusion
-from cli import UserError
+from lab.errors import UserError
 from model import ModelConfig, Transformer
 from config import TrainConfig
 
@@ -62,7 +64,7 @@ def test_the_conditional_elbo_is_repeatable_and_with_no_context_is_the_validatio
         empty = torch.zeros(5, 0, dtype=torch.long)
         a = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, *eval_args(config))
         b = train_diffusion.continuation_nll(model, empty, windows[:, :-1], ids, *eval_args(config))
-        nats, count = train_diffusion.validation_loss(model, windows, ids, *eval_args(config))
+        nats, count = train_diffusion.evaluate_loss(model, windows, ids, config)
         # with a context, only the continuation is masked: its bound differs, and it depends on the context
         c = train_diffusion.continuation_nll(model, windows[:, :16], windows[:, 16:32], ids, *eval_args(config))
         d = train_diffusion.continuation_nll(model, windows.flip(1)[:, :16], windows[:, 16:32], ids, *eval_args(config))
@@ -86,23 +88,21 @@ def test_evaluate_reproduces_the_runs_logged_loss(tmp_path, capsys):
     """evaluate.py's validation loss of best.pt is the best loss the run logged, to the printed digit."""
     import json
     from conftest import make_tiny_data, tiny_args
-    from trainer import run
     data_dir = make_tiny_data(tmp_path)
     for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
         out = str(tmp_path / kind)
-        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
-            tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10", "--elbo_samples=4"))
+        run_training(script, tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10", "--elbo_samples=4"))
         capsys.readouterr()
-        result = evaluate.main([f"--ckpt={out}", "--mc_items=40", "--mc_context=12", "--mc_continuation=6"])
+        result = launch.evaluate_run([f"--ckpt={out}", "--mc_items=40", "--mc_context=12", "--mc_continuation=6"])
         best = min(json.loads(line)["val_loss"] for line in open(f"{out}/log.jsonl"))
         assert result["val_loss"] == pytest.approx(best, rel=1e-6)
         printed = capsys.readouterr().out
         assert f"val loss: {best:.4f} nats/token" in printed and "chance 0.250" in printed
         assert result["chance"] == 0.25  # its accuracy against the run's own: test_mechanics
-    with pytest.raises(UserError, match="longer than the context"):
-        evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
-    with pytest.raises(UserError, match="too short"):
-        evaluate.main([f"--ckpt={tmp_path / 'ar'}", "--mc_items=100000", "--mc_context=12", "--mc_continuation=6"])
+    with pytest.raises(ValueError, match="longer than the context"):
+        launch.evaluate_run([f"--ckpt={tmp_path / 'ar'}", "--mc_context=30", "--mc_continuation=10"])
+    with pytest.raises(ValueError, match="too short"):
+        launch.evaluate_run([f"--ckpt={tmp_path / 'ar'}", "--mc_items=100000", "--mc_context=12", "--mc_continuation=6"])
 
 
 def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition(tmp_path, capsys):
@@ -111,16 +111,14 @@ def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition
     from runtime import load_checkpoint, model_from_checkpoint
     from conftest import ROOT, make_tiny_data, tiny_args
     from data import load_meta, load_tokens
-    from trainer import run
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sample_quality
     data_dir = make_tiny_data(tmp_path)
     for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
-        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
-            tiny_args(data_dir, str(tmp_path / kind), "--max_iters=200", "--eval_interval=100", "--elbo_samples=2",
+        run_training(script, tiny_args(data_dir, str(tmp_path / kind), "--max_iters=200", "--eval_interval=100", "--elbo_samples=2",
                       "--lr=3e-3"))
     ref = model_from_checkpoint(load_checkpoint(str(tmp_path / "ar")))
-    train = torch.from_numpy(load_tokens(f"{data_dir}/tiny", "train", load_meta(f"{data_dir}/tiny"))[:16 * 24]
+    train = torch.from_numpy(load_tokens(f"{data_dir}/tiny", "train")[:16 * 24]
                              .astype(np.int64)).view(16, 24)
     shuffled = train.flatten()[torch.randperm(train.numel(), generator=torch.Generator().manual_seed(0))].view(16, 24)
     learned = sample_quality.gen_ppl(ref, train[:, :8], train[:, 8:])
@@ -133,5 +131,5 @@ def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition
     # each row's gen-PPL is the reference's perplexity of that decoder's samples: AR's greedy-ish samples from the
     # reference itself are the likeliest under it
     assert rows[0]["gen_ppl"] < min(r["gen_ppl"] for r in rows[1:])
-    with pytest.raises(UserError, match="must be AR"):
+    with pytest.raises(ValueError, match="must be AR"):
         sample_quality.main([f"--ref={tmp_path / 'diffusion'}", f"--runs={tmp_path / 'ar'}"])

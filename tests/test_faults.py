@@ -16,10 +16,12 @@ import time
 
 import numpy as np
 import pytest
+
+from lab import launch
 import torch
 
 import prepare_data
-from cli import UserError
+from lab.errors import UserError
 from conftest import ROOT, tiny_args
 from data import load_meta, load_tokens
 from runtime import load_checkpoint
@@ -157,14 +159,14 @@ def test_kills_during_prepare_data_leave_the_old_data_whole_or_the_new_data_whol
     rng, kills, seen = random.Random(21), 0, set()
     old_args = [f"--data_dir={tmp_path / 'old'}", "--name=corpus"]  # the default corpus in bytes
     new_args = [f"--data_dir={tmp_path / 'data'}", "--name=corpus", "--tokenizer=bpe", "--vocab_size=512"]
-    old = prepare_data.main(old_args)
+    old = launch.prepare_run(old_args)
     folder = os.path.join(tmp_path, "data", "corpus")
     tokenizers = {"bytes": "old", "bpe": "new"}
 
     def state():
         meta = load_meta(folder)
         for split in ("train", "val"):
-            tokens = load_tokens(folder, split, meta)
+            tokens = load_tokens(folder, split)
             assert len(tokens) == meta[f"{split}_tokens"] and np.max(tokens) < meta["n_vocab"]
         return tokenizers[meta["tokenizer"]]
 
@@ -174,12 +176,12 @@ def test_kills_during_prepare_data_leave_the_old_data_whole_or_the_new_data_whol
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
         shutil.copytree(old, folder)
         for _ in range(2):  # two kills at most, then the command runs to its end
-            if not killed(lambda: prepare_data.main(new_args + ["--overwrite"]), rng.uniform(0.01, 0.5)):
+            if not killed(lambda: launch.prepare_run(new_args + ["--overwrite"]), rng.uniform(0.01, 0.5)):
                 break
             kills += 1
             seen.add(state() if os.path.exists(folder) else "between")
         else:
-            prepare_data.main(new_args + ["--overwrite"])
+            launch.prepare_run(new_args + ["--overwrite"])
         assert state() == "new" and sorted(os.listdir(tmp_path / "data")) == ["corpus"]
     assert kills >= 8 and "old" in seen  # the new data comes whole or not at all; the switch is too short to hit
 
@@ -190,7 +192,7 @@ def test_a_stopped_sweep_leaves_no_run_behind_and_the_same_command_finishes_it(d
     it."""
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sweep
-    from cli import run_cli
+    from lab.errors import run_cli
     out = str(tmp_path / "sweep")
     # 310 iterations: long enough that the run is still training when the SIGTERM comes, even on a loaded machine
     args = ["--unique_tokens=2000", "--ar_epochs=40", "--diffusion_epochs=", f"--out={out}", "--evals=2", "--",
@@ -271,25 +273,25 @@ def test_data_is_prepared_by_one_writer_and_never_replaced_under_a_live_run(data
     before = {name: os.path.getmtime(os.path.join(folder, name)) for name in os.listdir(folder)}
     with open(folder + ".lock", "w") as f:  # a second prepare_data.py at work on the folder
         f.write(lock_of(live_pid))
-    with pytest.raises(UserError, match=f"tiny is in use by process {live_pid} on "):
-        prepare_data.main(args)
-    with pytest.raises(UserError, match=f"tiny is being prepared by process {live_pid} on .*wait"):
+    with pytest.raises(ValueError, match=f"tiny is in use by process {live_pid} on "):
+        launch.prepare_run(args)
+    with pytest.raises(ValueError, match=f"tiny is being prepared by process {live_pid} on .*wait"):
         train("ar", data_dir, str(tmp_path / "run"), "--max_iters=2")  # and no run starts on it meanwhile
     os.remove(folder + ".lock")
     os.makedirs(os.path.join(folder, ".readers"))
     with open(os.path.join(folder, ".readers", "a-run"), "w") as f:  # a live training run reads the folder
         f.write(lock_of(live_pid))
-    with pytest.raises(UserError, match=f"tiny is read by a training run, process {live_pid} on this machine .*wait"):
-        prepare_data.main(args)
+    with pytest.raises(ValueError, match=f"tiny is read by a training run, process {live_pid} on this machine .*wait"):
+        launch.prepare_run(args)
     assert {name: os.path.getmtime(os.path.join(folder, name)) for name in before} == before  # untouched
     assert not os.path.exists(folder + ".new") and not os.path.exists(folder + ".lock")
     with open(os.path.join(folder, ".readers", "a-run"), "w") as f:  # the run has ended: its mark is stale
         f.write(lock_of(999_999_999))
     train("ar", data_dir, str(tmp_path / "run"), "--max_iters=2")  # a run marks the data only while it lives
     assert os.listdir(os.path.join(folder, ".readers")) == ["a-run"]
-    with pytest.raises(UserError, match="already holds data prepared from other text"):
-        prepare_data.main(args[:-1])  # other text, no --overwrite: refused
-    prepare_data.main(args)
+    with pytest.raises(ValueError, match="already holds data prepared from other text"):
+        launch.prepare_run(args[:-1])  # other text, no --overwrite: refused
+    launch.prepare_run(args)
     assert sorted(os.listdir(data_dir)) == ["tiny"] and not os.path.exists(os.path.join(folder, ".readers"))
 
 
@@ -299,7 +301,7 @@ def test_a_checkpoint_of_another_version_is_refused_in_one_line_naming_its_optio
     ckpt = load_checkpoint(out + "/ckpt.pt")
     ckpt["config"]["random_offsets"] = False  # an option an earlier version had
     torch.save(ckpt, out + "/ckpt.pt")
-    with pytest.raises(UserError, match="another version of this project \\(options random_offsets"):
+    with pytest.raises(ValueError, match="another version of this project \\(options random_offsets"):
         train("ar", data_dir, out, "--resume")
 
 
@@ -309,15 +311,15 @@ def test_a_diverging_run_never_saves_non_finite_weights_and_its_last_good_checkp
     import sample
     out = str(tmp_path / "run")
     diverging = ["--lr=1e39", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
-    with pytest.raises(UserError, match="the weights are not finite: stopped; the last good checkpoint in .* is kept"):
+    with pytest.raises(ValueError, match="the weights are not finite: stopped; the last good checkpoint in .* is kept"):
         train("ar", data_dir, out, *diverging)
     for name in ("ckpt.pt", "best.pt"):
         ckpt = load_checkpoint(os.path.join(out, name))
         assert ckpt["iter"] <= 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    with pytest.raises(UserError, match="not finite"):
+    with pytest.raises(ValueError, match="not finite"):
         train("ar", data_dir, out, *diverging, "--resume")  # it diverges again: one line, the checkpoint kept
     assert load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"] <= 1
-    sample.main([f"--ckpt={out}", "--max_new_tokens=8", "--num_samples=1"])  # the kept weights sample
+    launch.sample_run([f"--ckpt={out}", "--max_new_tokens=8", "--num_samples=1"])  # the kept weights sample
 
 
 def test_a_switch_killed_between_its_two_renames_is_finished_by_the_next_command(data_dir, tmp_path, reference):
@@ -332,17 +334,17 @@ def test_a_switch_killed_between_its_two_renames_is_finished_by_the_next_command
                                                                          "run"]
     # the same for a data folder: prepare_data.py finishes it, then keeps the data it finds prepared
     folder = os.path.join(data_dir, "corpus")
-    old = prepare_data.main([f"--data_dir={data_dir}", "--name=corpus"])
+    old = launch.prepare_run([f"--data_dir={data_dir}", "--name=corpus"])
     os.rename(old, folder + ".new")
     shutil.copytree(os.path.join(data_dir, "tiny"), folder + ".old")
-    assert prepare_data.main([f"--data_dir={data_dir}", "--name=corpus"]) == folder
+    assert launch.prepare_run([f"--data_dir={data_dir}", "--name=corpus"]) == folder
     assert load_meta(folder)["inputs_sha256"] and sorted(os.listdir(data_dir)) == ["corpus", "tiny"]
 
 
 KILLED_WHILE_THE_LOG_IS_TRIMMED = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import folders
+from lab import folders
 real_open = open
 
 
@@ -377,7 +379,7 @@ def test_a_resumed_run_killed_while_it_trims_its_log_leaves_the_log_whole(tmp_pa
     killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_THE_LOG_IS_TRIMMED, ROOT, str(log)])
     assert killed.returncode == -signal.SIGKILL
     assert log.read_text() == "".join(lines)
-    import folders
+    from lab import folders
     folders.remove_killed_writes(str(tmp_path))
     assert os.listdir(tmp_path) == ["log.jsonl"]
     folders.start_log(str(log), 10)  # and without a kill, the evaluation after the checkpoint is dropped
@@ -389,7 +391,7 @@ def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_n
     """A lock records its process's start time: a live process with the same pid that started at another time is not
     the writer (taken over, with a note). Another machine's lock cannot be checked: refused, naming the file to
     remove; removing it lets the run start. The same for a data folder's reader marks."""
-    from folders import process_start
+    from lab.folders import process_start
     out = tmp_path / "run"
     out.mkdir()
     reused = dict(json.loads(lock_of(live_pid)), started=process_start(live_pid) + 1)
@@ -397,11 +399,11 @@ def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_n
     train("ar", data_dir, str(out), "--max_iters=2")
     assert "was locked by a process that has ended: taking the lock over" in capsys.readouterr().out
     (out / ".lock").write_text(json.dumps(dict(json.loads(lock_of(live_pid)), started=process_start(live_pid))))
-    with pytest.raises(UserError, match=f"in use by process {live_pid} on this machine .*kill {live_pid}"):
+    with pytest.raises(ValueError, match=f"in use by process {live_pid} on this machine .*kill {live_pid}"):
         train("ar", data_dir, str(out), "--resume")  # the same pid and start time: the writer itself, alive
     (out / ".lock").write_text(json.dumps({"pid": 4242, "host": "colab-runtime-gone", "since": "2026-01-01 00:00:00"}))
     message = f"on another machine, colab-runtime-gone .*remove {re.escape(str(out / '.lock'))} and run this again"
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         train("ar", data_dir, str(out), "--resume")
     os.remove(out / ".lock")  # the way out the message names
     train("ar", data_dir, str(out), "--resume", "--stop_after_s=0")
@@ -410,8 +412,8 @@ def test_a_lock_is_never_blocked_for_good_by_a_reused_pid_and_another_machines_n
     mark = os.path.join(readers, "colab-runtime-gone-4242")
     with open(mark, "w") as f:
         f.write(json.dumps({"pid": 4242, "host": "colab-runtime-gone", "since": "2026-01-01 00:00:00"}))
-    with pytest.raises(UserError, match=f"read by a training run, .*remove {re.escape(mark)} and run this again"):
-        prepare_data.main([f"--data_dir={data_dir}", "--name=tiny", "--overwrite"])
+    with pytest.raises(ValueError, match=f"read by a training run, .*remove {re.escape(mark)} and run this again"):
+        launch.prepare_run([f"--data_dir={data_dir}", "--name=tiny", "--overwrite"])
 
 
 def test_a_writer_killed_while_it_took_the_lock_leaves_a_temporary_the_next_writer_removes(data_dir, tmp_path,
@@ -439,7 +441,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothin
     then says so in one line and leaves no temporary file, and the previous checkpoint still loads."""
     import shutil as shutil_module
     from collections import namedtuple
-    from cli import run_cli
+    from lab.errors import run_cli
     out = str(tmp_path / "run")
     train("ar", data_dir, out, "--max_iters=20", "--eval_interval=10", "--stop_after_s=1e-9")
     before = load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"]
@@ -451,7 +453,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothin
                            "data/3: file write failed")
     monkeypatch.setattr(torch, "save", full_disk_save)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 50 << 10))
-    with pytest.raises(UserError, match=r"(best|ckpt).pt: the disk is full \(the file needs about [\d.,]+ MB, "
+    with pytest.raises(ValueError, match=r"(best|ckpt).pt: the disk is full \(the file needs about [\d.,]+ MB, "
                                         r"0.0 MB are free\): free some space or choose another --out_dir; the "
                                         r"previous (best|ckpt).pt is kept"):
         train("ar", data_dir, out, "--resume", "--stop_after_s=0")
@@ -464,7 +466,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_leaves_nothin
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(prepare_data, "prepare", prepare_on_a_full_disk)
     with pytest.raises(SystemExit) as stop:
-        run_cli(lambda: prepare_data.main([f"--data_dir={data_dir}", "--name=other"]))
+        run_cli(lambda: launch.prepare_run([f"--data_dir={data_dir}", "--name=other"]))
     assert re.fullmatch(r"error: .*other.new: the disk is full \(the token files need up to [\d.,]+ MB, 0.0 MB are "
                         r"free\): free some space or choose another --data_dir", stop.value.code), stop.value.code
     assert sorted(os.listdir(data_dir)) == ["tiny"]
@@ -485,6 +487,6 @@ def test_a_plot_that_cannot_be_written_leaves_no_empty_picture(data_dir, tmp_pat
         open(path, "wb").close()  # begun, then the disk fills
         raise OSError(28, "No space left on device", path)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
-    with pytest.raises(UserError, match="--plot .*cannot write it \\(No space left on device\\)"):
+    with pytest.raises(ValueError, match="--plot .*cannot write it \\(No space left on device\\)"):
         compare.main([out, f"--plot={tmp_path / 'p.png'}"])
     assert not any(name.startswith("p.png") for name in os.listdir(tmp_path))

@@ -5,18 +5,22 @@ import json
 import os
 
 import pytest
+
+from lab import launch
 import torch
 
 import runtime
 import data
 import trainer
+from config import TrainConfig
 import train_ar
-from conftest import eval_args, tiny_args
+from conftest import eval_args, tiny_args, run_training
 from runtime import load_checkpoint
-from cli import UserError
+from lab.errors import UserError
 from test_training import read_log, train
-from runtime import number_format, peak_flops, rng_state, set_rng_state, setup_distributed
-from trainer import configure
+from runtime import peak_flops, pick_dtype, rng_state, set_rng_state, setup_distributed
+from lab import folders
+from lab.launch import configure
 
 
 def test_a_resumed_run_keeps_every_saved_option_the_command_line_does_not_give(data_dir, tmp_path):
@@ -27,33 +31,33 @@ def test_a_resumed_run_keeps_every_saved_option_the_command_line_does_not_give(d
     # --compile is saved as if the run had been started with it (compiling itself needs a C++ toolchain)
     ckpt["config"]["compile"] = True
     torch.save(ckpt, out + "/ckpt.pt")
-    config, _, given = configure("ar", ["--resume", f"--out_dir={out}"])
+    config, _, given = configure(train_ar, ["--resume", f"--out_dir={out}"])
     assert config.compile and config.log_interval == 7 and config.stop_after_s == 0.01 and config.resume
     assert given == {"resume", "out_dir"}
-    config, _, _ = configure("ar", ["--resume", f"--out_dir={out}", "--log_interval=3", "--compile=false"])
+    config, _, _ = configure(train_ar, ["--resume", f"--out_dir={out}", "--log_interval=3", "--compile=false"])
     assert config.log_interval == 3 and not config.compile and config.n_layer == 2
-    with pytest.raises(UserError, match="--n_layer"):
-        configure("ar", ["--resume", f"--out_dir={out}", "--n_layer=3"])
+    with pytest.raises(ValueError, match="--n_layer"):
+        configure(train_ar, ["--resume", f"--out_dir={out}", "--n_layer=3"])
 
 
 def test_the_number_format_is_saved_and_a_resume_elsewhere_says_what_changed(monkeypatch, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # a T4 run resumed on a CPU: float32, said in one line
-    assert number_format(cpu, None, saved="float16") == torch.float32
+    assert pick_dtype(cpu, "auto", saved="float16") == torch.float32
     assert "saved in float16 and continues in float32 on cpu" in capsys.readouterr().out
     # a T4 run resumed on an A100 keeps float16 (auto would pick bf16 there), silently
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert number_format(cuda, None, saved="float16") == torch.float16
+    assert pick_dtype(cuda, "auto", saved="float16") == torch.float16
     assert capsys.readouterr().out == ""
     # an A100 bf16 run resumed on a T4 (bf16 only emulated): float16, said
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert number_format(cuda, None, saved="bfloat16") == torch.float16
+    assert pick_dtype(cuda, "auto", saved="bfloat16") == torch.float16
     assert "saved in bfloat16 and continues in float16 on cuda" in capsys.readouterr().out
     # --dtype given on the command line wins, and the change is said
-    assert number_format(cuda, "float32", saved="bfloat16") == torch.float32
+    assert pick_dtype(cuda, "float32", saved="bfloat16") == torch.float32
     assert "continues in float32" in capsys.readouterr().out
     # a fresh run: this device's choice, nothing said
-    assert number_format(cpu) == torch.float32
+    assert pick_dtype(cpu) == torch.float32
     assert capsys.readouterr().out == ""
 
 
@@ -113,29 +117,29 @@ def test_gpu_peaks_by_exact_name_and_unknown_rather_than_wrong(name, peak, monke
 def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weights(data_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     saved, real_val = [], []
-    real_save = runtime.atomic_save
+    real_save = folders.atomic_save
 
     def recording_save(obj, path):
         saved.append((os.path.basename(path), obj["iter"]))
         real_save(obj, path)
 
-    def validation_worse_after_iteration_20(model, windows, window_ids, samples, batch_size, seed):
-        nats, count = train_ar.validation_loss(model, windows, window_ids, samples, batch_size, seed)
+    def validation_worse_after_iteration_20(model, windows, window_ids, config):
+        nats, count = train_ar.evaluate_loss(model, windows, window_ids, config)
         real_val.append(nats / count)
         return nats + (10.0 * count if len(real_val) > 5 else 0.0), count  # evaluations 6.. (iter 25..) look bad
-    monkeypatch.setattr(runtime, "atomic_save", recording_save)
-    trainer.run("ar", True, train_ar.training_loss, validation_worse_after_iteration_20,
-                tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
+    monkeypatch.setattr(folders, "atomic_save", recording_save)
+    run_training(train_ar, tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"),
+                 evaluate_loss=validation_worse_after_iteration_20)
     assert [r["iter"] for r in read_log(out)][4] == 20 and real_val[4] < real_val[0]
     # a fresh run checkpoints at iteration 0 and then only at its end; best.pt goes with each checkpoint
     assert saved == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 20), ("ckpt.pt", 40)]
     best = load_checkpoint(out + "/best.pt")
-    model, config = runtime.model_from_checkpoint(best), trainer.TrainConfig(**best["config"])
+    model, config = runtime.model_from_checkpoint(best), TrainConfig(**best["config"])
     meta = data.load_meta(os.path.join(data_dir, "tiny"))
-    val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val", meta), config.block_size,
+    val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val"), config.block_size,
                               config.eval_windows)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, val, torch.arange(len(val)), *eval_args(config))
+        nats, count = train_ar.evaluate_loss(model, val, torch.arange(len(val)), config)
     assert best["best_val"] == pytest.approx(real_val[4]) and abs(nats / count - real_val[4]) < 1e-5
     assert abs(nats / count - real_val[-1]) > 1e-3  # the final weights are different ones
 
@@ -148,9 +152,8 @@ def test_no_non_finite_weights_reach_best_pt_either(data_dir, tmp_path):
         calls.append(1)
         loss = train_ar.training_loss(*args)
         return loss * float("nan") if len(calls) > 6 else loss
-    with pytest.raises(UserError, match="not finite at iteration 6"):
-        trainer.run("ar", True, poisoned, train_ar.validation_loss,
-                    tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
+    with pytest.raises(ValueError, match="not finite at iteration 6"):
+        run_training(train_ar, training_loss=poisoned, argv=tiny_args(data_dir, out, "--max_iters=40", "--eval_interval=5", "--ckpt_interval=1000000"))
     for name in ("best.pt", "ckpt.pt"):
         ckpt = load_checkpoint(os.path.join(out, name))
         assert ckpt["iter"] <= 5 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -184,22 +187,22 @@ def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path)
 def test_prepare_keeps_a_folder_made_from_the_same_inputs_and_replaces_another_only_with_overwrite(tmp_path, capsys):
     import prepare_data
     args = [f"--data_dir={tmp_path}", "--tokenizer=bpe", "--vocab_size=300"]
-    folder = prepare_data.main(args)
+    folder = launch.prepare_run(args)
     stamp = os.path.getmtime(os.path.join(folder, "train.bin"))
     capsys.readouterr()
-    assert prepare_data.main(args) == folder
+    assert launch.prepare_run(args) == folder
     assert "kept" in capsys.readouterr().out and os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
     other = args[:-1] + ["--vocab_size=290", f"--name={os.path.basename(folder)}"]
-    with pytest.raises(UserError, match="already holds data prepared from other text or options.*--overwrite"):
-        prepare_data.main(other)  # other options: refused, the folder untouched
+    with pytest.raises(ValueError, match="already holds data prepared from other text or options.*--overwrite"):
+        launch.prepare_run(other)  # other options: refused, the folder untouched
     assert os.path.getmtime(os.path.join(folder, "train.bin")) == stamp
-    prepare_data.main(other + ["--overwrite"])
+    launch.prepare_run(other + ["--overwrite"])
     assert "wrote" in capsys.readouterr().out and json.load(open(os.path.join(folder, "meta.json")))["n_vocab"] == 290
     with open(os.path.join(folder, "val.bin"), "ab") as f:  # a damaged folder is not kept
         f.write(b"\0\0")
-    with pytest.raises(UserError, match="--overwrite"):
-        prepare_data.main(other)
-    prepare_data.main(other + ["--overwrite"])
+    with pytest.raises(ValueError, match="--overwrite"):
+        launch.prepare_run(other)
+    launch.prepare_run(other + ["--overwrite"])
     assert "wrote" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(folder)]  # no temporary folder, no lock left
 
@@ -230,7 +233,7 @@ def test_training_steps_do_not_wait_for_the_device_between_logs(data_dir, tmp_pa
 
 
 def test_ctrl_c_is_one_line_and_exit_130_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
-    from cli import run_cli
+    from lab.errors import run_cli
 
     def interrupted():
         raise KeyboardInterrupt
@@ -239,14 +242,14 @@ def test_ctrl_c_is_one_line_and_exit_130_and_leaves_no_temporary_file(tmp_path, 
     assert stop.value.code == 130 and capsys.readouterr().err == "interrupted\n"
     # Ctrl-C in the middle of a save: the temporary file goes, the previous checkpoint stays
     path = str(tmp_path / "ckpt.pt")
-    runtime.atomic_save({"kind": "ar", "model": {"w": torch.ones(2)}}, path)
+    folders.atomic_save({"kind": "ar", "model": {"w": torch.ones(2)}}, path)
 
     def save_then_interrupt(obj, f):
         open(f, "wb").write(b"half")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        runtime.atomic_save({"kind": "ar", "model": {"w": torch.zeros(2)}}, path)
+        folders.atomic_save({"kind": "ar", "model": {"w": torch.zeros(2)}}, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["ckpt.pt"] and torch.equal(torch.load(path)["model"]["w"], torch.ones(2))
 
@@ -268,26 +271,6 @@ def test_ctrl_c_in_a_real_script_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 130 and err == "interrupted\n", err[-500:]
 
 
-@pytest.mark.parametrize("script", ["train_diffusion.py", "experiments/protocol.py"])
-def test_ctrl_c_during_the_start_up_imports_is_one_line_too(script):
-    import signal
-    import subprocess
-    import sys
-    from conftest import ROOT
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", os.path.join(ROOT, script), "--help"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # -X importtime writes a line per import to stderr: wait for the first import of torch, then interrupt it
-    seen = ""
-    while "torch" not in seen:
-        seen += proc.stderr.readline()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
-    assert proc.returncode == 130 and lines == ["interrupted"], err[-800:]
-    assert "Traceback" not in err and not out  # stopped before --help could print
-
-
 def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(data_dir, tmp_path, capsys):
     import signal
     import subprocess
@@ -304,9 +287,9 @@ def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(data_di
         while not os.path.exists(os.path.join(out, "ckpt.pt")) and time.time() < deadline:
             time.sleep(0.05)
         # a second writer (here this process: --resume beside the live run; --overwrite takes the same path)
-        with pytest.raises(UserError, match=f"run is in use by process {first.pid} on "):
+        with pytest.raises(ValueError, match=f"run is in use by process {first.pid} on "):
             train("ar", data_dir, out, "--resume")
-        with pytest.raises(UserError, match=f"run is in use by process {first.pid} on "):
+        with pytest.raises(ValueError, match=f"run is in use by process {first.pid} on "):
             train("ar", data_dir, out, "--overwrite")
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -325,12 +308,11 @@ def test_foreign_checkpoints_meta_and_paths_are_one_line(data_dir, tmp_path):
     train("ar", data_dir, out, "--max_iters=10", "--eval_interval=10")
 
     import sample
-    from cli import run_cli
+    from lab.errors import run_cli
 
     def command(script, *args):  # the script's command line, in this process: (exit status, stderr)
-        main = {"sample.py": lambda: sample.main(list(args)),
-                "train_ar.py": lambda: trainer.run("ar", True, train_ar.training_loss, train_ar.validation_loss,
-                                                   list(args))}[script]
+        main = {"sample.py": lambda: launch.sample_run(list(args)),
+                "train_ar.py": lambda: run_training(train_ar, list(args))}[script]
         with pytest.raises(SystemExit) as stop:
             run_cli(main)
         assert stop.value.code != 0 and "\n" not in str(stop.value.code), stop.value.code
@@ -368,13 +350,13 @@ def test_a_run_resumes_and_is_scored_only_on_the_data_it_was_trained_on(data_dir
           "--stop_after_s=0.01")
     text = tiny_text(seed=5)  # the same folder prepared again, from other text: the same tokenizer, other tokens
     prepare(text[:9000], text[9000:], os.path.join(data_dir, "tiny"), "bytes", "test")
-    with pytest.raises(UserError, match=r"prepared again since the run started: the run's data is sha256 \w{12}, "
+    with pytest.raises(ValueError, match=r"prepared again since the run started: the run's data is sha256 \w{12}, "
                                         r".* the folder's is sha256 \w{12}"):
         train("diffusion", data_dir, out, "--resume")
-    with pytest.raises(UserError, match="prepared again since the run started"):
-        evaluate.main([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4"])
+    with pytest.raises(ValueError, match="prepared again since the run started"):
+        launch.evaluate_run([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4"])
     # scoring on a folder given explicitly is what the user asked for
-    evaluate.main([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4",
+    launch.evaluate_run([f"--ckpt={out}", "--mc_items=10", "--mc_context=8", "--mc_continuation=4",
                    f"--data_dir={data_dir}", "--dataset=tiny"])
 
 
@@ -455,12 +437,12 @@ def test_the_programs_benchmark_runs_a_copy_of_train_py_with_and_without_the_all
     assert lines[3].startswith(f"ar         {ar / 800:.2f}x train.py as it ships, {ar / 800:.2f}x")
     assert lines[4].startswith(f"diffusion  {diffusion / 800:.2f}x train.py as it ships")
     # a folder without nanoGPT's files, or a vocabulary without every byte, is one line before anything runs
-    from cli import UserError
+    from lab.errors import UserError
     for argv, message in (([f"--nanogpt={tmp_path}"], "give a checkout of nanoGPT"),
                           ([f"--nanogpt={checkout}", "--n_vocab=100"], "needs at least 256"),
                           ([f"--nanogpt={checkout}", "--iters=4", "--skip=4"], "must be below --iters")):
         monkeypatch.setattr(sys, "argv", ["vs_nanogpt_train.py", *argv])
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(ValueError, match=message):
             vs_nanogpt_train.main()
     assert len(log.read_text().splitlines()) == 2
 

@@ -4,6 +4,7 @@ import torch
 from conftest import eval_args
 
 import train_ar
+from trainer import Noise
 import train_diffusion
 from model import ModelConfig, Transformer
 from config import TrainConfig
@@ -17,7 +18,7 @@ def tiny_model(causal):
 def test_ar_loss_against_direct_computation():
     model = tiny_model(True)
     windows = torch.randint(0, 50, (3, 13))
-    loss = train_ar.training_loss(model, windows, 50, None, (0, 1))
+    loss = train_ar.training_loss(model, windows, None)
     total = 0.0
     for b in range(3):
         for i in range(12):
@@ -30,7 +31,7 @@ def test_diffusion_loss_against_direct_computation():
     model = tiny_model(False)
     B, T = 4, 12
     windows = torch.randint(0, 50, (B, T + 1))
-    loss = train_diffusion.training_loss(model, windows, 50, torch.Generator().manual_seed(3), (0, 1))
+    loss = train_diffusion.training_loss(model, windows, Noise(torch.Generator().manual_seed(3), 50))
     # the draws the docstring promises: one u for the batch, then one uniform per token
     gen = torch.Generator().manual_seed(3)
     u, token = torch.rand(1, generator=gen).item(), torch.rand(B, T, generator=gen)
@@ -55,14 +56,14 @@ def test_validation_elbo_is_deterministic_by_its_mask_seed_whatever_the_batching
     windows = torch.randint(0, 50, (5, 13))
     ids = torch.arange(5)
     with torch.no_grad():
-        a = train_diffusion.validation_loss(model, windows, ids, *eval_args(val_config()))
-        b = train_diffusion.validation_loss(model, windows, ids, *eval_args(val_config()))
+        a = train_diffusion.evaluate_loss(model, windows, ids, val_config())
+        b = train_diffusion.evaluate_loss(model, windows, ids, val_config())
         # batching must not change the number: masks are seeded per window
-        c = train_diffusion.validation_loss(model, windows, ids, *eval_args(val_config(eval_batch_size=64)))
+        c = train_diffusion.evaluate_loss(model, windows, ids, val_config(eval_batch_size=64))
         # and a split of the windows (as DDP does) sums to the whole
-        d1 = train_diffusion.validation_loss(model, windows[::2], ids[::2], *eval_args(val_config()))
-        d2 = train_diffusion.validation_loss(model, windows[1::2], ids[1::2], *eval_args(val_config()))
-        other_seed = train_diffusion.validation_loss(model, windows, ids, *eval_args(val_config(eval_seed=7)))
+        d1 = train_diffusion.evaluate_loss(model, windows[::2], ids[::2], val_config())
+        d2 = train_diffusion.evaluate_loss(model, windows[1::2], ids[1::2], val_config())
+        other_seed = train_diffusion.evaluate_loss(model, windows, ids, val_config(eval_seed=7))
     assert a == b and other_seed[0] != a[0]  # the same masks each time, and they come from the seed
     assert math.isclose(a[0], c[0], rel_tol=1e-6) and a[1] == c[1] == 5 * 12
     assert math.isclose(d1[0] + d2[0], a[0], rel_tol=1e-6)
@@ -96,9 +97,9 @@ def test_validation_elbo_is_an_unbiased_estimate_of_the_training_loss():
     windows = torch.randint(0, 50, (1, 13))
     with torch.no_grad():
         config = val_config(elbo_samples=512, eval_batch_size=512)
-        nats, count = train_diffusion.validation_loss(model, windows, torch.arange(1), *eval_args(config))
-        losses = [train_diffusion.training_loss(model, windows.expand(256, 13), 50,
-                                                torch.Generator().manual_seed(i), (0, 1)).item() for i in range(64)]
+        nats, count = train_diffusion.evaluate_loss(model, windows, torch.arange(1), config)
+        losses = [train_diffusion.training_loss(model, windows.expand(256, 13),
+                                                Noise(torch.Generator().manual_seed(i), 50)).item() for i in range(64)]
     mc = sum(losses) / len(losses)
     assert abs(nats / count - mc) / mc < 0.02
 
@@ -107,9 +108,8 @@ def test_ar_validation_is_exact_mean_nll():
     model = tiny_model(True)
     windows = torch.randint(0, 50, (4, 13))
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, windows, torch.arange(4),
-                                               *eval_args(val_config(eval_batch_size=3)))
-        direct = train_ar.training_loss(model, windows, 50, None, (0, 1)).item()
+        nats, count = train_ar.evaluate_loss(model, windows, torch.arange(4), val_config(eval_batch_size=3))
+        direct = train_ar.training_loss(model, windows, None).item()
     assert count == 48 and math.isclose(nats / count, direct, rel_tol=1e-5)
 
 

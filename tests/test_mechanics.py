@@ -6,6 +6,8 @@ import math
 import os
 
 import pytest
+
+from lab import launch
 import torch
 import torch.nn as nn
 
@@ -14,7 +16,8 @@ import sample
 import train_ar
 import train_diffusion
 import trainer
-from conftest import ROOT, eval_args, tiny_args
+from config import TrainConfig
+from conftest import ROOT, eval_args, tiny_args, run_training
 from model import ModelConfig, Transformer
 from prepare_data import prepare
 from sample import ar_generate, diffusion_generate
@@ -162,15 +165,15 @@ def test_low_confidence_scores_a_position_by_the_probability_of_the_token_it_dre
 # ----------------------------------------------------------------------------- training mechanics
 
 def test_the_learning_rate_schedule_at_known_iterations():
-    config = trainer.TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_iters=10)
+    config = TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_iters=10)
     lr = [trainer.lr_at(it, config, 110) for it in range(111)]
     assert lr[0] == pytest.approx(1e-4) and lr[4] == pytest.approx(5e-4) and lr[9] == pytest.approx(1e-3)  # linear
     assert lr[10] == pytest.approx(1e-3)  # the cosine starts at the peak
     assert lr[60] == pytest.approx(1e-4 + 0.5 * 0.9e-3)  # half way through the cosine: the midpoint
     assert lr[110] == pytest.approx(1e-4) and min(lr) == pytest.approx(1e-4)  # the floor, at the end
     assert all(a >= b for a, b in zip(lr[10:], lr[11:]))
-    assert trainer.lr_at(5, trainer.TrainConfig(lr=1e-3, warmup_fraction=0.1), 100) == pytest.approx(6e-4)
-    assert trainer.lr_at(0, trainer.TrainConfig(lr=1e-3, warmup_iters=100), 50) == pytest.approx(2e-4)  # <= 10%
+    assert trainer.lr_at(5, TrainConfig(lr=1e-3, warmup_fraction=0.1), 100) == pytest.approx(6e-4)
+    assert trainer.lr_at(0, TrainConfig(lr=1e-3, warmup_iters=100), 50) == pytest.approx(2e-4)  # <= 10%
 
 
 def test_grad_accum_k_equals_one_batch_k_times_as_large(data_dir, tmp_path):
@@ -207,7 +210,7 @@ def test_gradients_are_clipped_to_grad_clip_before_the_step(data_dir, tmp_path, 
 
 def test_weight_decay_on_matrices_only_and_every_parameter_once():
     model = sharp_model()
-    groups = trainer.make_optimizer(model, trainer.TrainConfig(weight_decay=0.3), "cpu").param_groups
+    groups = trainer.make_optimizer(model, TrainConfig(weight_decay=0.3), "cpu").param_groups
     decayed = {id(p) for g in groups if g["weight_decay"] == 0.3 for p in g["params"]}
     free = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -227,7 +230,7 @@ def test_the_ar_script_trains_a_model_that_cannot_see_the_future(tmp_path):
         out = str(tmp_path / f"causal_{causal}")
         args = [a for a in tiny_args(str(tmp_path / "data"), out, "--max_iters=300", "--eval_interval=300",
                                      "--lr=1e-2") if a != "--dataset=tiny"] + ["--dataset=noise"]
-        trainer.run("ar", causal, train_ar.training_loss, train_ar.validation_loss, args)
+        run_training(train_ar, args, CAUSAL=causal)
         losses[causal] = read_log(out)[-1]["val_loss"]
     assert train_ar.CAUSAL and losses[True] > 0.95 * math.log(16) > 2 * losses[False], losses
 
@@ -237,7 +240,7 @@ def test_the_ar_script_trains_a_model_that_cannot_see_the_future(tmp_path):
 def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
     model = sharp_model(causal=False)
     mask_id = model.config.mask_id
-    config = trainer.TrainConfig(elbo_samples=8, eval_batch_size=64)
+    config = TrainConfig(elbo_samples=8, eval_batch_size=64)
     contexts = torch.randint(0, 60, (3, 9), generator=torch.Generator().manual_seed(4))
     continuations = torch.randint(0, 60, (3, 5), generator=torch.Generator().manual_seed(5))
     seen = []
@@ -263,12 +266,11 @@ def test_the_conditional_elbo_never_masks_or_scores_the_context(monkeypatch):
 def test_evaluate_scores_the_items_a_run_logged_with_the_logged_accuracy(data_dir, tmp_path, capsys):
     out = str(tmp_path / "ar")
     args = [a for a in tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10") if a != "--mc_items=0"]
-    trainer.run("ar", True, train_ar.training_loss, train_ar.validation_loss, args + ["--mc_items=60"],
-                continuation_nll=train_ar.continuation_nll)
+    run_training(train_ar, args + ["--mc_items=60"])
     log = read_log(out)
     best = min(log, key=lambda r: r["val_loss"])
     # best.pt, the run's own items (its eval_seed, its selection files)
-    result = evaluate.main([f"--ckpt={out}", "--mc_items=60", "--mc_set=selection"])
+    result = launch.evaluate_run([f"--ckpt={out}", "--mc_items=60", "--mc_set=selection"])
     assert result["mc_accuracy"] == best["mc_accuracy"] and len({r["mc_accuracy"] for r in log}) > 1
     assert json.load(open(os.path.join(data_dir, "tiny", "meta.json")))["tokenizer"] == "bytes"
 
@@ -293,8 +295,8 @@ import resource, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 if sys.argv[2] == "cpu chosen":
-    import runtime
-    runtime.pick_device("cpu")
+    from lab import launch
+    launch.checked_device("cpu")
 
 def a_step():
     activations = [torch.ones(512 * 1024) for _ in range(32)]  # 32 blocks of 2 MB alive at once

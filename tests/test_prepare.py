@@ -6,10 +6,12 @@ import threading
 
 import numpy as np
 import pytest
+
+from lab import launch
 import tiktoken
 
 import prepare_data
-from cli import UserError
+from lab.errors import UserError
 from tokenizer import make_encoding as get_tokenizer
 
 
@@ -45,7 +47,7 @@ def test_bytes_tokenizer_round_trips_unicode_offline():
 
 
 def test_default_corpus_prepares_offline(tmp_path):
-    out = prepare_data.main(["--data_dir", str(tmp_path)])
+    out = launch.prepare_run(["--data_dir", str(tmp_path)])
     text = prepare_data.default_corpus_text()
     cut = int(len(text) * 0.9)
     meta = check_folder(out, text[:cut], None, "bytes")
@@ -61,14 +63,14 @@ def test_default_corpus_prepares_offline(tmp_path):
 def test_input_file_and_max_train_tokens(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("abcdefghij" * 100)
-    out = prepare_data.main(["--input", str(path), "--data_dir", str(tmp_path / "d"), "--val_fraction=0.2"])
+    out = launch.prepare_run(["--input", str(path), "--data_dir", str(tmp_path / "d"), "--val_fraction=0.2"])
     assert out.endswith("mine")
     check_folder(out, ("abcdefghij" * 100)[:800], ("abcdefghij" * 100)[800:], "bytes")
-    out = prepare_data.main(["--input", str(path), "--data_dir", str(tmp_path / "d"), "--name=capped",
+    out = launch.prepare_run(["--input", str(path), "--data_dir", str(tmp_path / "d"), "--name=capped",
                              "--max_train_tokens=50"])
     assert json.load(open(os.path.join(out, "meta.json")))["train_tokens"] == 50
-    with pytest.raises(UserError, match="no such file"):
-        prepare_data.main(["--input", str(tmp_path / "missing.txt")])
+    with pytest.raises(ValueError, match="no such file"):
+        launch.prepare_run(["--input", str(tmp_path / "missing.txt")])
 
 
 def test_gpt2_round_trip(tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def test_gpt2_unavailable_names_the_offline_choice(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(UserError, match="--tokenizer bpe or bytes"):
+    with pytest.raises(ValueError, match="--tokenizer bpe or bytes"):
         get_tokenizer("gpt2")
 
 
@@ -124,11 +126,11 @@ def test_download_text_dataset_from_local_server_and_cache(tmp_path):
     try:
         args = ["--dataset=shakespeare", f"--base_url={server.url}", f"--data_dir={tmp_path / 'd'}",
                 f"--cache_dir={tmp_path / 'cache'}"]
-        out = prepare_data.main(args)
+        out = launch.prepare_run(args)
         assert len(server.requests) == 1
         cut = int(len(text) * 0.9)
         check_folder(out, text[:cut], text[cut:], "bytes")
-        prepare_data.main(args)  # second time: from the cache, no request
+        launch.prepare_run(args)  # second time: from the cache, no request
         assert len(server.requests) == 1
     finally:
         server.close()
@@ -147,7 +149,7 @@ def test_download_capped_c4_shard(tmp_path):
     server = Server(tmp_path / "srv")
     try:
         cap_mb = size / 2 / 1e6
-        out = prepare_data.main(["--dataset=c4", f"--base_url={server.url}", f"--data_dir={tmp_path / 'd'}",
+        out = launch.prepare_run(["--dataset=c4", f"--base_url={server.url}", f"--data_dir={tmp_path / 'd'}",
                                  f"--cache_dir={tmp_path / 'cache'}", f"--max_download_mb={cap_mb}"])
     finally:
         server.close()
@@ -158,6 +160,6 @@ def test_download_capped_c4_shard(tmp_path):
 
 
 def test_unreachable_download_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="could not download"):
+    with pytest.raises(ValueError, match="could not download"):
         prepare_data.download("http://127.0.0.1:9/nothing.txt", str(tmp_path / "x.txt"))
     assert not os.path.exists(tmp_path / "x.txt")

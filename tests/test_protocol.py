@@ -1,5 +1,6 @@
 """Paper 1's protocol (experiments/protocol.py, gap_vs_u.py, gpu_recipe.sh): sizes by parameters per unique token,
 one selection rule, edges flagged, re-scoring, the held-out downstream test scored paired, the gap against U."""
+import dataclasses
 import json
 import math
 import os
@@ -13,13 +14,14 @@ import torch
 from conftest import ROOT, TINY, make_tiny_documents
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import data  # noqa: E402
 import downstream  # noqa: E402
 import evaluate  # noqa: E402
 import gap_vs_u  # noqa: E402
 import protocol  # noqa: E402
 import sweep  # noqa: E402
 import train_diffusion  # noqa: E402
-from cli import UserError  # noqa: E402
+from lab.errors import UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
 
@@ -75,7 +77,7 @@ def documents_val(n_files=30, seed=0):
 def test_selection_and_test_items_come_from_disjoint_files_and_stay_inside_one_file():
     val = documents_val()
     meta = {"eot_id": 999}
-    files = downstream.val_files(val, 999)
+    files = data.document_spans(val, 999)
     assert len(files) == 30 and files[0][0] == 0 and files[-1][1] == len(val)
     selection, test = downstream.item_set(val, meta, "selection"), downstream.item_set(val, meta, "test")
     assert sorted(selection + test) == files and not set(selection) & set(test)
@@ -107,7 +109,7 @@ def test_paired_difference_and_its_clustered_standard_error_against_a_hand_compu
     mean, se = downstream.paired_difference(a, b, range(6))
     d = np.array(a) - np.array(b)
     assert se == pytest.approx(math.sqrt(6 / 5 * ((d - d.mean()) ** 2).sum() / 36))
-    with pytest.raises(UserError, match="at least two files"):
+    with pytest.raises(ValueError, match="at least two files"):
         downstream.paired_difference(a, b, [0] * 6)
 
 
@@ -138,7 +140,7 @@ def test_the_gap_against_u_table_from_verdicts(tmp_path, capsys):
         assert os.path.getsize(tmp_path / "gap_vs_u.png") > 1000
     with open(tmp_path / "u37500" / "verdict.json", "w") as f:
         json.dump(verdict(37500, 5.0, 5.5, 1e12, tokenizer="bytes-256"), f)
-    with pytest.raises(UserError, match="different tokenizers"):
+    with pytest.raises(ValueError, match="different tokenizers"):
         gap_vs_u.main([str(tmp_path)])
 
 
@@ -155,10 +157,10 @@ def test_rescoring_uses_the_k_and_windows_given_and_is_kept(tmp_path, monkeypatc
     ckpt, train, _, val_tokens, model = evaluate.loaded(str(out / "df" / "best.pt"), "cpu")
     windows = evaluate.val_windows(val_tokens, train.block_size, 5)
     with torch.no_grad():
-        nats, count = train_diffusion.validation_loss(model, windows, torch.arange(5), 8, train.eval_batch_size,
-                                                      train.eval_seed)
-        other, _ = evaluate.val_score(ckpt, model, val_tokens, train.block_size, 5, 2, train.eval_batch_size,
-                                      train.eval_seed)
+        nats, count = train_diffusion.evaluate_loss(model, windows, torch.arange(5),
+                                                    dataclasses.replace(train, elbo_samples=8))
+        other, _ = evaluate.val_score(ckpt, model, val_tokens, dataclasses.replace(train, eval_windows=5,
+                                                                                     elbo_samples=2))
     assert rows[0]["score"] == pytest.approx(nats / count, rel=1e-9) and rows[0]["score_windows"] == 5
     assert count == 5 * train.block_size and other != pytest.approx(rows[0]["score"], rel=1e-6)
     # kept: a second protocol run reads scores.json instead of scoring again
@@ -234,5 +236,5 @@ def test_a_score_that_cannot_be_written_leaves_the_previous_file_and_no_temporar
         scores.get("b", lambda: 2.5)
     assert os.listdir(tmp_path) == ["scores.json"] and protocol.Scores(str(path)).values == {"a": 1.5}
     path.write_text("{\"a\": 1.")  # torn by something else: one line that says what to do
-    with pytest.raises(UserError, match="scores.json is damaged \\(not JSON\\): remove it"):
+    with pytest.raises(ValueError, match="scores.json is damaged \\(not JSON\\): remove it"):
         protocol.Scores(str(path))

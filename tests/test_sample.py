@@ -1,10 +1,14 @@
 import pytest
+
+from lab import launch
+
+from conftest import run_training
 import torch
 import torch.nn.functional as F
 
 import sample
 from model import ModelConfig, Transformer
-from cli import UserError
+from lab.errors import UserError
 from tokenizer import make_encoding as get_tokenizer
 from sample import ar_generate, diffusion_generate, encode_prompt, num_transfer_tokens
 
@@ -161,23 +165,21 @@ def runs(tmp_path_factory):
     from conftest import make_tiny_data, tiny_args
     import train_ar
     import train_diffusion
-    from trainer import run
     tmp_path = tmp_path_factory.mktemp("runs")
     data_dir = make_tiny_data(tmp_path)
     folders = {}
     for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
         folders[kind] = str(tmp_path / kind)
-        run(kind, script.CAUSAL, script.training_loss, script.validation_loss,
-            tiny_args(data_dir, folders[kind], "--max_iters=60", "--eval_interval=60", "--elbo_samples=4"))
+        run_training(script, tiny_args(data_dir, folders[kind], "--max_iters=60", "--eval_interval=60", "--elbo_samples=4"))
     return folders
 
 
 def test_sample_cli_both_kinds(runs, tmp_path, capsys):
-    sample.main(["--ckpt", runs["ar"], "--start", "the ", "--num_samples=1", "--max_new_tokens=20", "--temperature=0"])
+    launch.sample_run(["--ckpt", runs["ar"], "--start", "the ", "--num_samples=1", "--max_new_tokens=20", "--temperature=0"])
     ar_text = capsys.readouterr().out.split("\n" + "-" * 60)[0]
     assert ar_text.startswith("the ") and len(ar_text) == 24
     (tmp_path / "prompt.txt").write_text("the cat [MASK*4] on")
-    sample.main(["--ckpt", runs["diffusion"], "--start", f"FILE:{tmp_path / 'prompt.txt'}", "--num_samples=2",
+    launch.sample_run(["--ckpt", runs["diffusion"], "--start", f"FILE:{tmp_path / 'prompt.txt'}", "--num_samples=2",
                  "--gen_length=8", "--steps=6", "--block_length=4", "--show"])
     out = capsys.readouterr().out.splitlines()
     steps = [line for line in out if line.startswith("step")]
@@ -187,16 +189,16 @@ def test_sample_cli_both_kinds(runs, tmp_path, capsys):
 
 
 def test_sample_cli_errors(runs):
-    with pytest.raises(UserError, match="cannot infill"):
-        sample.main(["--ckpt", runs["ar"], "--start", "a[MASK]b"])
-    with pytest.raises(UserError, match="context"):
-        sample.main(["--ckpt", runs["ar"], "--start", "x" * 40])
-    with pytest.raises(UserError, match="longer than the context"):
-        sample.main(["--ckpt", runs["diffusion"], "--start", "abc", "--gen_length=40"])
-    with pytest.raises(UserError, match="cannot read"):
-        sample.main(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
-    with pytest.raises(UserError, match="unknown option --top_q"):
-        sample.main(["--ckpt", runs["ar"], "--top_q=0.5"])
+    with pytest.raises(ValueError, match="cannot infill"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "a[MASK]b"])
+    with pytest.raises(ValueError, match="context"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "x" * 40])
+    with pytest.raises(ValueError, match="longer than the context"):
+        launch.sample_run(["--ckpt", runs["diffusion"], "--start", "abc", "--gen_length=40"])
+    with pytest.raises(ValueError, match="cannot read"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
+    with pytest.raises(SystemExit, match="unknown option --top_q"):
+        launch.sample_run(["--ckpt", runs["ar"], "--top_q=0.5"])
 
 
 def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, monkeypatch, capsys):
@@ -207,13 +209,12 @@ def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, m
     import train_ar
     import train_diffusion
     from conftest import make_tiny_documents, tiny_args
-    from trainer import run
     data_dir = make_tiny_documents(tmp_path, "bpe", vocab_size=270)
     for kind, script in (("ar", train_ar), ("diffusion", train_diffusion)):
         steps = 150 if kind == "ar" else 60  # AR: enough that its samples are words at any seed, not spaces
         args = [a for a in tiny_args(data_dir, str(tmp_path / kind), f"--max_iters={steps}", f"--eval_interval={steps}",
                                      "--elbo_samples=4", "--lr=3e-3", "--dataset=docs") if a != "--dataset=tiny"]
-        run(kind, script.CAUSAL, script.training_loss, script.validation_loss, args)
+        run_training(script, args)
     shutil.rmtree(data_dir)
     capsys.readouterr()
 
@@ -221,7 +222,7 @@ def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, m
         raise ConnectionError("no network")
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", offline)
-    sample.main(["--ckpt", str(tmp_path / "ar"), "--start", "the cat", "--num_samples=1", "--max_new_tokens=12",
+    launch.sample_run(["--ckpt", str(tmp_path / "ar"), "--start", "the cat", "--num_samples=1", "--max_new_tokens=12",
                  "--temperature=0.5", "--seed=3"])
     text = capsys.readouterr().out.split("\n" + "-" * 60)[0]
     words = text.replace("<|endoftext|>", " ").split()
@@ -229,7 +230,7 @@ def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, m
     # a 60-step model of an 11-word corpus writes its words: most of what it writes are corpus words
     corpus_words = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"}
     assert sum(w in corpus_words for w in words) >= len(words) // 2
-    sample.main(["--ckpt", str(tmp_path / "diffusion"), "--start", "the [MASK*3] sat", "--gen_length=0",
+    launch.sample_run(["--ckpt", str(tmp_path / "diffusion"), "--start", "the [MASK*3] sat", "--gen_length=0",
                  "--temperature=0"])
     out = capsys.readouterr().out.splitlines()[0]
     assert out.startswith("the ") and out.endswith(" sat") and "[MASK" not in out

@@ -5,15 +5,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
+from lab import launch
 import tiktoken
 import tiktoken.load
 
 import prepare_data
-from cli import UserError
-from conftest import tiny_text
+from lab.errors import UserError
+from conftest import tiny_text, run_training
 from tokenizer import (GPT2_PATTERN, RANKS_FILE, make_encoding, piece_counts, ranks_to_text, save_ranks,
                        tokenizer_from_meta, train_bpe)
-from data import TrainingWindows, document_ends
+from data import TrainingWindows, document_spans
 
 HARD_TEXT = ("héllo wörld — ünïcode ✓ 日本語のテキスト 🙂\n\n\n\tdef f(x):\n        return x  \n\n"
              "   spaces    and\ttabs\r\n'quoted' it's we'll 12345 3.14159\n\n")
@@ -84,7 +86,7 @@ def test_bpe_is_deterministic_and_its_ranks_file_is_tiktokens(tmp_path, monkeypa
 
 
 def test_too_small_text_for_the_vocab_is_a_user_error():
-    with pytest.raises(UserError, match="smaller --vocab_size"):
+    with pytest.raises(ValueError, match="smaller --vocab_size"):
         train_bpe("abab", 300)
 
 
@@ -138,7 +140,7 @@ def test_python_corpus_skips_tests_and_splits_whole_files_deterministically(tmp_
     assert (train, val) == prepare_data.split_files(files, 0.2, seed=7)
     assert {n for n, _ in train}.isdisjoint({n for n, _ in val}) and len(train) + len(val) == len(files)
     assert len(val) == 5 and prepare_data.split_files(files, 0.2, seed=8)[1] != val
-    out = prepare_data.main(["--dataset=python", f"--python_root={tmp_path / 'Lib'}", "--val_fraction=0.2",
+    out = launch.prepare_run(["--dataset=python", f"--python_root={tmp_path / 'Lib'}", "--val_fraction=0.2",
                              "--split_seed=7", f"--data_dir={tmp_path / 'data'}"])
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert (meta["train_files"], meta["val_files"], meta["eot_id"]) == (18, 5, 256)
@@ -158,9 +160,9 @@ def test_documents_order_sees_every_token_once_per_epoch_with_moving_boundaries(
     rng = np.random.default_rng(0)
     docs = [np.append(rng.integers(0, 256, rng.integers(5, 90)), 256) for _ in range(40)]
     tokens = np.concatenate(docs).astype(np.uint16)
-    ends = document_ends(tokens, 256)
-    assert len(ends) == 40 and ends[-1] == len(tokens)
-    w = TrainingWindows(tokens, 16, seed=3, document_ends=ends)
+    spans = document_spans(tokens, 256)
+    assert len(spans) == 40 and spans[-1][1] == len(tokens)
+    w = TrainingWindows(tokens, 16, seed=3, documents=spans)
     layouts = []
     for epoch in range(3):
         batch = w.get(range(epoch * w.n, (epoch + 1) * w.n))
@@ -177,10 +179,7 @@ def test_documents_order_sees_every_token_once_per_epoch_with_moving_boundaries(
 def test_documents_order_needs_documents(data_dir, tmp_path):
     import train_ar
     from conftest import tiny_args
-    from trainer import run
-    with pytest.raises(UserError, match="document boundaries"):
-        run("ar", True, train_ar.training_loss, train_ar.validation_loss,
-            tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=documents"))
-    with pytest.raises(UserError, match="choose fixed or documents"):
-        run("ar", True, train_ar.training_loss, train_ar.validation_loss,
-            tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=shuffled"))
+    with pytest.raises(ValueError, match="document boundaries"):
+        run_training(train_ar, tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=documents"))
+    with pytest.raises(SystemExit, match="invalid choice: 'shuffled'"):
+        run_training(train_ar, tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=shuffled"))

@@ -7,18 +7,20 @@ import torch
 
 import train_ar
 import train_diffusion
-from conftest import eval_args, tiny_args
-from cli import UserError, parse_args
-from runtime import atomic_save, load_checkpoint, model_from_checkpoint
+from conftest import eval_args, tiny_args, run_training
+from config import parse_args
+from lab.checks import checked_checkpoint
+from lab.errors import UserError
+from lab.folders import atomic_save
+from runtime import load_checkpoint, model_from_checkpoint
 from config import TrainConfig
-from trainer import run
 
 SCRIPTS = {"ar": train_ar, "diffusion": train_diffusion}
 
 
 def train(kind, data_dir, out_dir, *extra):
     script = SCRIPTS[kind]
-    return run(kind, script.CAUSAL, script.training_loss, script.validation_loss, tiny_args(data_dir, out_dir, *extra))
+    return run_training(script, tiny_args(data_dir, out_dir, *extra))
 
 
 def read_log(out_dir, drop=("elapsed_s",)):
@@ -49,9 +51,9 @@ def test_checkpoint_loads_into_a_model_with_the_same_logits(data_dir, tmp_path):
     model = model_from_checkpoint(ckpt)
     assert model.config.causal
     meta = load_meta(os.path.join(data_dir, "tiny"))
-    windows = val_windows(load_tokens(os.path.join(data_dir, "tiny"), "val", meta), 32, 8)
+    windows = val_windows(load_tokens(os.path.join(data_dir, "tiny"), "val"), 32, 8)
     with torch.no_grad():
-        nats, count = train_ar.validation_loss(model, windows, torch.arange(len(windows)), *eval_args(TrainConfig()))
+        nats, count = train_ar.evaluate_loss(model, windows, torch.arange(len(windows)), TrainConfig())
     assert abs(nats / count - read_log(out)[-1]["val_loss"]) < 1e-6
     latest = model_from_checkpoint(load_checkpoint(out + "/ckpt.pt"))
     idx = torch.randint(0, 256, (2, 32))
@@ -80,16 +82,21 @@ def test_cli_overrides_both_spellings_and_bools():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--n_layers=6"], "unknown option --n_layers; did you mean --n_layer?"),
-    (["--lr=fast"], "--lr expects float, got 'fast'"),
-    (["--n_layer=2.5"], "--n_layer expects int"),
-    (["--compile=maybe"], "--compile expects true or false"),
-    (["--n_layer"], "--n_layer needs a value"),
-    (["n_layer=3"], "unexpected argument"),
+    (["--n_layers=6"], "unknown option --n_layers=6; did you mean --n_layer?"),
+    (["--lr=fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--n_layer=2.5"], "argument --n_layer: invalid int value: '2.5'"),
+    (["--compile=maybe"], "argument --compile: invalid true/false value: 'maybe'"),
+    (["--n_layer"], "argument --n_layer: expected one argument"),
+    (["n_layer=3"], "unknown option n_layer=3"),
+    (["--lr=inf"], "argument --lr: invalid float value: 'inf'"),
+    (["--epoch_order=random"], "argument --epoch_order: invalid choice: 'random'"),
 ])
 def test_cli_errors(argv, message):
-    with pytest.raises(UserError, match=message.replace("?", r"\?")):
+    """argparse's message in one line and exit status 1 (sys.exit with the text), never its usage block."""
+    with pytest.raises(SystemExit) as stop:
         parse_args(argv, TrainConfig())
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code
+    assert stop.value.code.startswith("error: " + message)
 
 
 def test_bad_inputs_are_one_line_errors(data_dir, tmp_path):
@@ -101,7 +108,7 @@ def test_bad_inputs_are_one_line_errors(data_dir, tmp_path):
         (["--block_size=4096"], "larger than the"),
     ]
     for extra, message in cases:
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(ValueError, match=message):
             train("ar", data_dir, out, *extra)
     # a truncated .bin
     bad = tmp_path / "data_bad"
@@ -109,26 +116,25 @@ def test_bad_inputs_are_one_line_errors(data_dir, tmp_path):
     for name in ("meta.json", "val.bin"):
         (bad / name).write_bytes(open(os.path.join(data_dir, "tiny", name), "rb").read())
     (bad / "train.bin").write_bytes(open(os.path.join(data_dir, "tiny", "train.bin"), "rb").read()[:-2])
-    with pytest.raises(UserError, match="truncated"):
-        run("ar", True, train_ar.training_loss, train_ar.validation_loss,
-            tiny_args(str(tmp_path), out, "--dataset=data_bad"))
+    with pytest.raises(ValueError, match="truncated"):
+        run_training(train_ar, tiny_args(str(tmp_path), out, "--dataset=data_bad"))
 
 
 def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
     out = str(tmp_path / "run")
     train("ar", data_dir, out, "--max_iters=10", "--eval_interval=5")
     before = open(out + "/ckpt.pt", "rb").read()
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(ValueError, match="already holds a run"):
         train("ar", data_dir, out, "--max_iters=10")
-    with pytest.raises(UserError, match="holds an AR run: resume it with train_ar.py"):
+    with pytest.raises(ValueError, match="holds a run of kind 'ar': resume it with train_ar.py"):
         train("diffusion", data_dir, out, "--max_iters=10", "--resume")
-    with pytest.raises(UserError, match="--lr"):
+    with pytest.raises(ValueError, match="--lr"):
         train("ar", data_dir, out, "--max_iters=10", "--resume", "--lr=1")
     # the data folder now holds another tokenizer's tokens than the checkpoint was trained on
     meta_path = os.path.join(data_dir, "tiny", "meta.json")
     meta = json.load(open(meta_path))
     json.dump(dict(meta, n_vocab=50257, tokenizer="gpt2"), open(meta_path, "w"))
-    with pytest.raises(UserError, match=r"tokenizer \(bytes, 256 tokens\) differs from .* \(gpt2, 50257\)"):
+    with pytest.raises(ValueError, match=r"tokenizer \(bytes, 256 tokens\) differs from .* \(gpt2, 50257\)"):
         train("ar", data_dir, out, "--resume")
     json.dump(meta, open(meta_path, "w"))
     assert open(out + "/ckpt.pt", "rb").read() == before  # nothing was damaged
@@ -136,11 +142,11 @@ def test_output_folder_resume_kind_and_config_guards(data_dir, tmp_path):
     train("ar", data_dir, out, "--max_iters=4", "--eval_interval=2", "--overwrite")
     assert load_checkpoint(out + "/ckpt.pt")["iter"] == 4 and [r["iter"] for r in read_log(out)] == [0, 2, 4]
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a checkpoint"):
-        load_checkpoint(str(tmp_path / "junk.pt"))
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        checked_checkpoint(str(tmp_path / "junk.pt"))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a checkpoint of this project"):
-        load_checkpoint(str(tmp_path / "other.pt"))
+    with pytest.raises(ValueError, match="not a checkpoint of this project"):
+        checked_checkpoint(str(tmp_path / "other.pt"))
 
 
 def test_same_seed_same_log_another_seed_another(data_dir, tmp_path):
@@ -160,9 +166,8 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(data_dir, tm
         calls.append(1)
         loss = train_ar.training_loss(*args)
         return loss * float("nan") if len(calls) > 12 else loss
-    with pytest.raises(UserError, match="loss is not finite at iteration 12"):
-        run("ar", True, poisoned, train_ar.validation_loss,
-            tiny_args(data_dir, out, "--max_iters=50", "--eval_interval=10"))
+    with pytest.raises(ValueError, match="loss is not finite at iteration 12"):
+        run_training(train_ar, training_loss=poisoned, argv=tiny_args(data_dir, out, "--max_iters=50", "--eval_interval=10"))
     ckpt = load_checkpoint(out + "/ckpt.pt")
     assert ckpt["iter"] == 10 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert all(torch.isfinite(v).all() for v in load_checkpoint(out + "/best.pt")["model"].values())
@@ -193,7 +198,7 @@ def test_documents_order_resumes_exactly(kind, docs_data_dir, tmp_path):
 
     def go(out, loss, *more):
         args = [a for a in tiny_args(docs_data_dir, out, *extra, *more) if a != "--dataset=tiny"]
-        return run(kind, script.CAUSAL, loss, script.validation_loss, args)
+        return run_training(script, training_loss=loss, argv=args)
 
     full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
     go(full, script.training_loss)
@@ -217,12 +222,12 @@ def test_documents_order_resumes_exactly(kind, docs_data_dir, tmp_path):
                                                  ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
 def test_auto_dtype_is_bf16_only_on_gpus_with_native_bf16(capability, expected, monkeypatch):
     """A T4 (7.5) reports bf16 'supported' through emulation; it must get fp16 (and a grad scaler) instead."""
-    from runtime import number_format
+    from runtime import pick_dtype
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert number_format(torch.device("cuda")) == expected
-    assert number_format(torch.device("cpu")) == torch.float32
-    assert number_format(torch.device("cuda"), "bfloat16") == torch.bfloat16
+    assert pick_dtype(torch.device("cuda")) == expected
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda"), "bfloat16") == torch.bfloat16
 
 
 def test_a_resumed_run_keeps_its_best_so_best_pt_is_the_uninterrupted_runs(data_dir, tmp_path):
@@ -233,18 +238,18 @@ def test_a_resumed_run_keeps_its_best_so_best_pt_is_the_uninterrupted_runs(data_
     initial = torch.cat([p.detach().flatten() for p in Transformer(ModelConfig(
         n_vocab=256, block_size=32, n_layer=2, n_head=2, n_embd=32, causal=True)).parameters()])
 
-    def drift(model, windows, window_ids, samples, batch_size, seed):
+    def drift(model, windows, window_ids, config):
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         return 1.0 + float((weights - initial).norm()), 1
 
     def train_scored_by_drift(out, *extra):
-        run("ar", True, train_ar.training_loss, drift, tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10",
-                                                                 *extra))
+        run_training(train_ar, tiny_args(data_dir, out, "--max_iters=30", "--eval_interval=10", *extra),
+                     evaluate_loss=drift)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     train_scored_by_drift(one)
     train_scored_by_drift(two, "--stop_after_s=1e-9")  # stops, and checkpoints, after its first evaluation
     assert [r["iter"] for r in read_log(two)] == [0]
-    run("ar", True, train_ar.training_loss, drift, ["--resume", f"--out_dir={two}", "--stop_after_s=0"])
+    run_training(train_ar, ["--resume", f"--out_dir={two}", "--stop_after_s=0"], evaluate_loss=drift)
     a, b = read_log(one), read_log(two)
     assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b] and a[0]["val_loss"] == 1.0 < a[1]["val_loss"]
     assert [r["best_val"] for r in a] == [r["best_val"] for r in b] == [1.0] * 4  # the start stays the best

@@ -6,6 +6,7 @@ read, so that prepare_data.py does not replace the data under it.
 """
 import atexit
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -13,7 +14,10 @@ import shutil
 import socket
 import time
 
-from cli import UserError, fmt_time
+import torch
+
+from lab.errors import UserError
+from trainer import fmt_time
 
 LOCK_FILE = ".lock"
 
@@ -157,6 +161,33 @@ def release_lock(path):
         pass
 
 
+def atomic_save(obj, path):
+    """Write to a temporary file, then rename: a kill mid-save leaves the previous file intact. The temporary name
+    is this process's own, and an error or Ctrl-C mid-save removes it; a full disk is one line (a UserError)."""
+    try:
+        replace_whole(path, lambda tmp: torch.save(obj, tmp))
+    except BaseException as e:
+        if not isinstance(e, (OSError, RuntimeError)):  # Ctrl-C and the like: nothing to say about the disk
+            raise
+        needed, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        if getattr(e, "errno", None) == errno.ENOSPC or (isinstance(e, RuntimeError) and free < needed):
+            raise UserError(f"{path}: the disk is full (the file needs about {needed / 2**20:,.1f} MB, "
+                            f"{free / 2**20:,.1f} MB are free): free some space or choose another --out_dir; the "
+                            f"previous {os.path.basename(path)} is kept") from None
+        raise
+
+
+def tensor_bytes(obj):
+    """The bytes of every tensor in a nest of dicts, lists and tuples (what torch.save writes, near enough)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 # ----------------------------------------------------------------------------- replacing a folder whole
 
 def put_in_place(new, folder):
@@ -268,6 +299,9 @@ class RunFolder:
         if self.writer:
             with open(os.path.join(self.path, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def save(self, name, obj):
+        atomic_save(obj, os.path.join(self.path, name))
 
     def checkpointed(self):
         """After a checkpoint: a new run written beside the old one (--overwrite) takes out_dir's place."""
