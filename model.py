@@ -57,29 +57,39 @@ class ModelConfig:
         return (int(8 * self.n_embd / 3) + 31) // 32 * 32
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm, as in Llama: y = x / rms(x) * weight, rms(x) = sqrt(mean(x^2) + eps) over the last dim, in float32
+    at least. Its gradient is written out (rms_norm_function): half the CPU kernels of autograd's graph for it."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
 class RMSNormFunction(torch.autograd.Function):
-    """x_hat = x / rms(x), rms(x) = sqrt(mean(x^2) + eps) over the last dim, computed in float32 at least, with its
-    gradient written out: dx = (g - x_hat mean(g x_hat)) / rms(x). Half the kernels of autograd's graph for it."""
+    """y = x_hat * w with x_hat = x / rms(x); backward: dw = sum over rows of g x_hat, and with gw = g * w,
+    dx = (gw - x_hat mean(gw x_hat)) / rms(x)."""
 
     @staticmethod
-    def forward(ctx, x, eps):
+    def forward(ctx, x, weight, eps):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         inv_rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         x_hat = xf * inv_rms
-        ctx.save_for_backward(x_hat, inv_rms)
-        return x_hat.type_as(x)
+        ctx.save_for_backward(x_hat, inv_rms, weight)
+        return (x_hat * weight).type_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        x_hat, inv_rms = ctx.saved_tensors
+        x_hat, inv_rms, weight = ctx.saved_tensors
         g = grad.to(x_hat.dtype)
-        return ((g - x_hat * (g * x_hat).mean(-1, keepdim=True)) * inv_rms).type_as(grad), None
-
-
-def rms_norm(x, eps=1e-6):
-    """RMSNorm without its gain: the gain g is folded into the matrix W that reads the output, W (g * x_hat) =
-    (W * g) x_hat, a multiply of the matrix's size instead of the activations' (see Block)."""
-    return RMSNormFunction.apply(x, eps)
+        grad_weight = (g * x_hat).flatten(0, -2).sum(0).type_as(weight)
+        gw = g * weight
+        grad_x = (gw - x_hat * (gw * x_hat).mean(-1, keepdim=True)) * inv_rms
+        return grad_x.type_as(grad), grad_weight, None
 
 
 def rope_rotations(head_dim, max_len, theta):
@@ -118,9 +128,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, gain, rotations, cache=None, layer=0):
+    def forward(self, x, rotations, cache=None, layer=0):
         B, T, C = x.shape
-        qk, v = F.linear(x, self.qkv.weight * gain).view(B, T, 3, self.n_head, C // self.n_head).split([2, 1], dim=2)
+        qk, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).split([2, 1], dim=2)
         q, k = apply_rope(qk, rotations).unbind(2)  # q and k rotated in one go
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2)  # (B, H, T, hd)
         mask, is_causal = None, self.causal
@@ -150,8 +160,8 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
         self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
 
-    def forward(self, x, gain):
-        return self.down(F.silu(F.linear(x, self.gate.weight * gain)) * F.linear(x, self.up.weight * gain))  # SwiGLU
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
 
 
 def shared_dropout(x, p, share):
@@ -167,15 +177,15 @@ def shared_dropout(x, p, share):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.attn_norm_gain = nn.Parameter(torch.ones(config.n_embd))  # RMSNorm's gains: see rms_norm
+        self.attn_norm = RMSNorm(config.n_embd)
         self.attn = Attention(config)
-        self.mlp_norm_gain = nn.Parameter(torch.ones(config.n_embd))
+        self.mlp_norm = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
         self.dropout = config.dropout
 
     def forward(self, x, rotations, cache=None, layer=0, share=(0, 1)):
-        x = x + self.drop(self.attn(rms_norm(x), self.attn_norm_gain, rotations, cache, layer), share)
-        return x + self.drop(self.mlp(rms_norm(x), self.mlp_norm_gain), share)
+        x = x + self.drop(self.attn(self.attn_norm(x), rotations, cache, layer), share)
+        return x + self.drop(self.mlp(self.mlp_norm(x)), share)
 
     def drop(self, y, share):
         return shared_dropout(y, self.dropout, share) if self.training and self.dropout else y
@@ -187,7 +197,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm_gain = nn.Parameter(torch.ones(config.n_embd))  # the final RMSNorm's
+        self.norm = RMSNorm(config.n_embd)  # the final one, before the output layer
         rotations = rope_rotations(config.n_embd // config.n_head, config.block_size, config.rope_theta)
         self.register_buffer("rope_rotations", rotations, persistent=False)
         self.dropout_share = (0, 1)  # (rank, world_size) of a DDP run: see shared_dropout
@@ -221,9 +231,9 @@ class Transformer(nn.Module):
             x = block(x, rotations, cache, i, self.dropout_share)
         if cache is not None:
             cache.length += T
-        x = rms_norm(x if positions is None else x[positions])
+        x = self.norm(x if positions is None else x[positions])
         # tied input/output embeddings, the tokenizer's rows only: [MASK] and padding are never a prediction
-        return F.linear(x, self.embed.weight[:self.config.n_vocab] * self.norm_gain).float()
+        return F.linear(x, self.embed.weight[:self.config.n_vocab]).float()
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -214,7 +214,7 @@ def test_weight_decay_on_matrices_only_and_every_parameter_once():
     decayed = {id(p) for g in groups if g["weight_decay"] == 0.3 for p in g["params"]}
     free = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[i] for i in free} == {n for n, p in model.named_parameters() if n.endswith("norm_gain")}
+    assert {names[i] for i in free} == {n for n, p in model.named_parameters() if n.endswith("norm.weight")}
     assert decayed | free == set(names) and not decayed & free
     assert "embed.weight" in {names[i] for i in decayed}
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import KVCache, ModelConfig, Transformer
+from model import KVCache, ModelConfig, RMSNorm, Transformer
 
 
 def tiny_model(causal, seed=0, **kw):
@@ -64,7 +64,7 @@ def test_parameter_count_matches_the_architecture():
     # matrices and the norm gains), plus the tied output projection's n_vocab x d; attention's scores and weighted sum,
     # 2 x T x d FLOPs each per layer forward, times 3 for the backward
     matrices = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    gains = sum(p.numel() for name, p in model.named_parameters() if name.endswith("norm_gain"))
+    gains = sum(m.weight.numel() for m in model.modules() if isinstance(m, RMSNorm))
     assert model.flops_per_token() == 6 * (matrices + gains + c.n_vocab * d) + 3 * 2 * 2 * L * c.block_size * d
 
 
@@ -79,13 +79,16 @@ def test_longer_than_context_is_an_error():
 
 
 def test_rms_norm_and_its_hand_written_gradient_match_the_formula():
-    """The forward is x / sqrt(mean(x^2) + eps); the backward, written out by hand, is checked against finite
-    differences in float64."""
-    from model import rms_norm
+    """The forward is x / sqrt(mean(x^2) + eps) * weight; the backward, written out by hand for both x and the
+    weight, is checked against finite differences in float64, over a batch of rows (the weight's gradient sums them)."""
+    from model import RMSNormFunction
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
-    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-    torch.testing.assert_close(rms_norm(x), expected)
-    assert torch.autograd.gradcheck(lambda z: rms_norm(z), (x,))
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    norm = RMSNorm(8).double()
+    norm.weight.data.copy_(weight.detach())
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+    torch.testing.assert_close(norm(x), expected)
+    assert torch.autograd.gradcheck(lambda z, w: RMSNormFunction.apply(z, w, 1e-6), (x, weight))
 
 
 def test_rope_rotates_each_channel_pair_by_its_positions_angle_so_scores_depend_on_distance_only():
@@ -106,10 +109,10 @@ def test_rope_rotates_each_channel_pair_by_its_positions_angle_so_scores_depend_
     assert torch.allclose(rows[0, 1, 0] @ rows[0, 3, 1], rows[0, 2, 2] @ rows[0, 4, 3], atol=1e-5)
 
 
-def test_the_norm_gains_are_trained_though_folded_into_the_matrices():
+def test_every_norm_gain_is_trained():
     model = tiny_model(True)
     model(torch.randint(0, 100, (2, 10))).sum().backward()
-    gains = [p for name, p in model.named_parameters() if name.endswith("norm_gain")]
+    gains = [m.weight for m in model.modules() if isinstance(m, RMSNorm)]
     assert len(gains) == 2 * model.config.n_layer + 1
     assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gains)
 
