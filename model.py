@@ -86,9 +86,10 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x_hat, inv_rms, weight = ctx.saved_tensors
         g = grad.to(x_hat.dtype)
-        grad_weight = (g * x_hat).flatten(0, -2).sum(0).type_as(weight)
-        gw = g * weight
-        grad_x = (gw - x_hat * (gw * x_hat).mean(-1, keepdim=True)) * inv_rms
+        g_x_hat = g * x_hat
+        grad_weight = g_x_hat.flatten(0, -2).sum(0).type_as(weight)
+        mean_gw_x_hat = (g_x_hat @ weight.to(g.dtype)).unsqueeze(-1) / x_hat.shape[-1]  # mean(g w x_hat), a matvec
+        grad_x = torch.addcmul(g * weight, x_hat, mean_gw_x_hat, value=-1) * inv_rms
         return grad_x.type_as(grad), grad_weight, None
 
 
