@@ -261,5 +261,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":  # the command line: lab/ turns a bad input into one line
-    from lab.launch import compare
-    compare()
+    from lab import launch
+    launch.compare()

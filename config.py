@@ -127,7 +127,7 @@ to_bool.__name__, to_finite_float.__name__ = "true/false", "float"  # argparse n
 def field_comments(cls):
     """{field name: the comment lines just above it (or at the end of its line)} from the dataclass's source."""
     try:
-        lines = inspect.getsource(cls).splitlines()
+        lines = [line for c in reversed(cls.__mro__[:-1]) for line in inspect.getsource(c).splitlines()]
     except (OSError, TypeError):
         return {}
     comments, pending = {}, []

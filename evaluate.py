@@ -107,5 +107,5 @@ def main(config):
 
 
 if __name__ == "__main__":  # the command line: lab/ checks the options, the checkpoint and its data, then main
-    from lab.launch import evaluate
-    evaluate()
+    from lab import launch
+    launch.evaluate()

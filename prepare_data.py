@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import sys
 import sysconfig
 import time
 import urllib.request
@@ -288,15 +287,6 @@ def read_downloaded(args):
     return texts[0], texts[1][:max(len(texts[0]) // 10, 1)]  # a val split ~10% of train is plenty
 
 
-def inputs_fingerprint(train_docs, val_docs, args):
-    """sha256 of everything a data folder is made from: the documents and the options that shape the tokens."""
-    digest = hashlib.sha256(json.dumps([args.tokenizer, args.vocab_size, args.max_train_tokens]).encode())
-    for doc in ([train_docs] if isinstance(train_docs, str) else train_docs) + ["\0val\0"] + \
-            ([val_docs] if isinstance(val_docs, str) else val_docs):
-        digest.update(doc.encode("utf-8") + b"\0")
-    return digest.hexdigest()
-
-
 @dataclass
 class Corpus:
     """The documents read for --dataset or --input, and what prepare() records about them."""
@@ -331,13 +321,6 @@ def folder_for(args, corpus):
     return os.path.join(args.data_dir, args.name or corpus.name + suffix)
 
 
-def prepare_corpus(args, corpus, out_dir):
-    """prepare() of a Corpus with the options' tokenizer; its meta records the inputs' fingerprint."""
-    extra = dict(corpus.extra or {}, inputs_sha256=inputs_fingerprint(corpus.train_docs, corpus.val_docs, args))
-    return prepare(corpus.train_docs, corpus.val_docs, out_dir, args.tokenizer, corpus.source, args.max_train_tokens,
-                   args.vocab_size, corpus.documents, extra, corpus.val_names)
-
-
 def report(args, meta, out_dir, seconds):
     bpe = f", BPE trained in {meta['bpe_train_seconds']}s" if args.tokenizer == "bpe" else ""
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
@@ -350,10 +333,12 @@ def main(args):
     t0 = time.time()
     corpus = read_corpus(args)
     out_dir = folder_for(args, corpus)
-    report(args, prepare_corpus(args, corpus, out_dir), out_dir, time.time() - t0)
+    meta = prepare(corpus.train_docs, corpus.val_docs, out_dir, args.tokenizer, corpus.source, args.max_train_tokens,
+                   args.vocab_size, corpus.documents, corpus.extra, corpus.val_names)
+    report(args, meta, out_dir, time.time() - t0)
     return out_dir
 
 
 if __name__ == "__main__":  # the command line: lab/ checks the options, locks the folder and replaces it whole
-    from lab.launch import prepare
-    prepare()
+    from lab import launch
+    launch.prepare()

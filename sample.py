@@ -11,7 +11,6 @@ The functions are importable: ar_generate and diffusion_generate take a model an
 """
 import codecs
 import re
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -260,5 +259,5 @@ def sample_diffusion(model, enc, prompt, config, generator):
 
 
 if __name__ == "__main__":  # the command line: lab/ checks the options, the checkpoint and the prompt, then main
-    from lab.launch import sample
-    sample()
+    from lab import launch
+    launch.sample()

@@ -192,26 +192,6 @@ def portable_meta(meta, data_dir):
     return dict(meta, ranks_text=text)
 
 
-def meta_problem(meta):
-    """What is wrong with a data folder's meta.json (as prepare_data.py writes it), or None: both prepare_data.py
-    (before it keeps a folder) and training (before it reads one) ask."""
-    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int, "sha256": str}
-    if not isinstance(meta, dict):
-        return "is not a JSON object"
-    wrong = [key for key, kind in expected.items() if not isinstance(meta.get(key), kind)
-             or isinstance(meta.get(key), bool)]
-    if wrong:
-        return f"lacks {', '.join(wrong)} (or holds the wrong type)"
-    if meta["tokenizer"] not in ("bytes", "bpe", "gpt2"):
-        return f"names an unknown tokenizer '{meta['tokenizer']}' (bytes, bpe or gpt2)"
-    if meta["tokenizer"] == "bpe" and not isinstance(meta.get("ranks_sha256"), str):
-        return "lacks the BPE ranks file's ranks_sha256"
-    empty = [split for split in ("train", "val") if meta[f"{split}_tokens"] < 2]
-    if empty or meta["n_vocab"] < 1:
-        return f"says its {' and '.join(empty) or 'vocabulary'} {'split holds' if empty else 'holds'} no tokens"
-    return None
-
-
 def same_tokenizer(meta, other):
     """Whether two metas (a data folder's, a checkpoint's) describe the same tokens: name, size and, for a bpe,
     the very same ranks."""

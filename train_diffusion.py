@@ -96,5 +96,5 @@ def continuation_nll(model, contexts, continuations, item_ids, samples, batch_si
 
 if __name__ == "__main__":  # the command line: lab/ checks the options and guards the run folder, then trainer.run
     import sys
-    from lab.launch import train
-    train(sys.modules[__name__])
+    from lab import launch
+    launch.train(sys.modules[__name__])

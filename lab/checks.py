@@ -12,8 +12,8 @@ import torch
 
 from config import TrainConfig, parse_args
 from lab.errors import UserError
-from model import ModelConfig, Transformer, shape_problem
-from tokenizer import meta_problem, portable_meta, same_tokenizer  # noqa: F401 (meta_problem: lab.launch)
+from model import ModelConfig, Transformer
+from tokenizer import portable_meta, same_tokenizer
 
 
 # ----------------------------------------------------------------------------- options
@@ -84,6 +84,26 @@ def named_device(name):
 
 
 # ----------------------------------------------------------------------------- data folders
+
+def meta_problem(meta):
+    """What is wrong with a data folder's meta.json (as prepare_data.py writes it), or None: both prepare_data.py
+    (before it keeps a folder) and training (before it reads one) ask."""
+    expected = {"tokenizer": str, "n_vocab": int, "train_tokens": int, "val_tokens": int, "sha256": str}
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    wrong = [key for key, kind in expected.items() if not isinstance(meta.get(key), kind)
+             or isinstance(meta.get(key), bool)]
+    if wrong:
+        return f"lacks {', '.join(wrong)} (or holds the wrong type)"
+    if meta["tokenizer"] not in ("bytes", "bpe", "gpt2"):
+        return f"names an unknown tokenizer '{meta['tokenizer']}' (bytes, bpe or gpt2)"
+    if meta["tokenizer"] == "bpe" and not isinstance(meta.get("ranks_sha256"), str):
+        return "lacks the BPE ranks file's ranks_sha256"
+    empty = [split for split in ("train", "val") if meta[f"{split}_tokens"] < 2]
+    if empty or meta["n_vocab"] < 1:
+        return f"says its {' and '.join(empty) or 'vocabulary'} {'split holds' if empty else 'holds'} no tokens"
+    return None
+
 
 def checked_meta(data_dir):
     """A data folder's meta.json, with its keys checked."""
@@ -187,7 +207,7 @@ def checked_checkpoint(path):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one first (python train_ar.py or train_diffusion.py)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read as checked: the core loads it
     except Exception as e:
         raise UserError(f"{path} is not a checkpoint of this project ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("kind"), str) or "model" not in ckpt:

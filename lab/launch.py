@@ -1,10 +1,11 @@
 """
 The command-line entry points: each puts the lab's checks and guards in front of a core script, which calls it
-from its last lines (`from lab.launch import train`). Nothing is written before every check has passed; a bad
+from its last lines (`from lab import launch; launch.train(...)`). Nothing is written before every check has passed; a bad
 input is one line and exit status 1; a fault loses nothing (locks, whole-file and whole-folder writes).
 """
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from config import TrainConfig
 from data import training_data
 from lab import checks, folders
 from lab.errors import UserError, run_cli
+from model import shape_problem
 
 # ----------------------------------------------------------------------------- the CPU allocator
 
@@ -70,7 +72,7 @@ def configure(objective, argv):
     ckpt = None
     if config.resume:
         config, ckpt = checks.checkpoint_to_resume(config, given, objective.KIND)
-    problem = checks.shape_problem(config.n_embd, config.n_head)
+    problem = shape_problem(config.n_embd, config.n_head)
     if problem:
         raise UserError(problem)
     checked_device(config.device)
@@ -180,19 +182,15 @@ def train(objective, argv=None):
 
 # ----------------------------------------------------------------------------- sampling
 
-def check_prompt(start, block_size):
+def check_prompt(core, start, block_size):
     """The prompt text (--start, or the file it names), with its [MASK*N] expansions bounded by the context before
     anything is allocated."""
-    text = start
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserError(f"--start {start}: cannot read the file ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"--start {start}: the file is not UTF-8 text (byte {e.start}): give a text file") \
-                from None
+    try:
+        text = core.read_prompt(start)
+    except OSError as e:
+        raise UserError(f"--start {start}: cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"--start {start}: the file is not UTF-8 text (byte {e.start}): give a text file") from None
     masks = sum(int(n or 1) for n in re.findall(r"\[MASK(?:\*(\d+))?\]", text))
     if masks > block_size:
         raise UserError(f"the prompt asks for {masks:,} [MASK] tokens but the context is {block_size}: ask for fewer")
@@ -210,7 +208,7 @@ def checked_options_and_checkpoint(core, config, argv):
 def sample_run(argv=None):
     import sample as core
     config, ckpt = checked_options_and_checkpoint(core, core.SampleConfig(), argv)
-    check_prompt(config.start, ckpt["model_args"]["block_size"])
+    check_prompt(core, config.start, ckpt["model_args"]["block_size"])
     core.main(config)
 
 
@@ -220,6 +218,15 @@ def sample(argv=None):
 
 
 # ----------------------------------------------------------------------------- preparing data
+
+def inputs_fingerprint(train_docs, val_docs, args):
+    """sha256 of everything a data folder is made from: the documents and the options that shape the tokens."""
+    digest = hashlib.sha256(json.dumps([args.tokenizer, args.vocab_size, args.max_train_tokens]).encode())
+    for doc in ([train_docs] if isinstance(train_docs, str) else train_docs) + ["\0val\0"] + \
+            ([val_docs] if isinstance(val_docs, str) else val_docs):
+        digest.update(doc.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
 
 def prepared_from(out_dir):
     """The inputs fingerprint of a complete data folder (None if it has none or a file is missing or cut short)."""
@@ -253,7 +260,9 @@ def write_new_folder(core, args, corpus, out_dir):
     into out_dir's place."""
     new = f"{out_dir}.new"
     try:
-        meta = core.prepare_corpus(args, corpus, new)
+        meta = core.prepare(corpus.train_docs, corpus.val_docs, new, args.tokenizer, corpus.source,
+                            args.max_train_tokens, args.vocab_size, corpus.documents,
+                            corpus.extra, corpus.val_names)
     except BaseException as e:
         shutil.rmtree(new, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -276,7 +285,8 @@ def prepare_run(argv=None):
         raise UserError(f"--input {args.input}: no such file")
     corpus = core.read_corpus(args)
     out_dir = core.folder_for(args, corpus)
-    inputs = core.inputs_fingerprint(corpus.train_docs, corpus.val_docs, args)
+    inputs = inputs_fingerprint(corpus.train_docs, corpus.val_docs, args)
+    corpus.extra = dict(corpus.extra or {}, inputs_sha256=inputs)  # meta.json records what the folder is made of
     os.makedirs(args.data_dir, exist_ok=True)
     lock = folders.take_lock(folders.data_lock(out_dir), out_dir)  # one writer per data folder
     try:

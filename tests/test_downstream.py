@@ -10,10 +10,8 @@ import torch
 from conftest import eval_args, run_training
 
 import downstream
-import evaluate
 import train_ar
 import train_diffusion
-from lab.errors import UserError
 from model import ModelConfig, Transformer
 from config import TrainConfig
 
@@ -110,7 +108,7 @@ def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition
     import sys
     from runtime import load_checkpoint, model_from_checkpoint
     from conftest import ROOT, make_tiny_data, tiny_args
-    from data import load_meta, load_tokens
+    from data import load_tokens
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import sample_quality
     data_dir = make_tiny_data(tmp_path)

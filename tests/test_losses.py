@@ -1,7 +1,6 @@
 import math
 import torch
 
-from conftest import eval_args
 
 import train_ar
 from trainer import Noise

@@ -11,13 +11,12 @@ from lab import launch
 import torch
 import torch.nn as nn
 
-import evaluate
 import sample
 import train_ar
 import train_diffusion
 import trainer
 from config import TrainConfig
-from conftest import ROOT, eval_args, tiny_args, run_training
+from conftest import eval_args, tiny_args, run_training
 from model import ModelConfig, Transformer
 from prepare_data import prepare
 from sample import ar_generate, diffusion_generate
@@ -287,40 +286,3 @@ def test_no_temperature_makes_a_sampler_emit_mask_or_padding(temperature):
     logits = sharp_model()(torch.randint(0, n_vocab, (64, 8), generator=gen))[:, -1]
     for top_k, top_p in ((0, 1.0), (3, 1.0), (0, 0.5)):
         assert (sample.sample_next(logits, temperature, top_k, top_p, generator=gen) < n_vocab).all()
-
-
-# a step's worth of activations freed and allocated again, in a fresh process: how many pages fault in the second time
-ALLOCATION_PROBE = r"""
-import resource, sys
-import torch
-sys.path.insert(0, sys.argv[1])
-if sys.argv[2] == "cpu chosen":
-    from lab import launch
-    launch.checked_device("cpu")
-
-def a_step():
-    activations = [torch.ones(512 * 1024) for _ in range(32)]  # 32 blocks of 2 MB alive at once
-    del activations
-
-a_step()  # the first time every page is new
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-a_step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_choosing_the_cpu_keeps_freed_memory_so_the_next_step_does_not_fault_it_in_again():
-    import subprocess
-    import sys
-
-    def faults(mode):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-        out = subprocess.run([sys.executable, "-c", ALLOCATION_PROBE, ROOT,
-                              mode], capture_output=True, text=True, env=env, check=True).stdout
-        return int(out)
-
-    pages = 32 * 2 * 1024 * 1024 // 4096
-    untouched = faults("nothing chosen")
-    if untouched < pages // 2:
-        pytest.skip(f"this C library keeps freed memory anyway ({untouched} faults for {pages} pages)")
-    assert faults("cpu chosen") < untouched // 2  # seen: 0 mostly, at most 3,585, against 16,382

@@ -11,7 +11,6 @@ from lab import launch
 import tiktoken
 
 import prepare_data
-from lab.errors import UserError
 from tokenizer import make_encoding as get_tokenizer
 
 

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import sample
 from model import ModelConfig, Transformer
-from lab.errors import UserError
 from tokenizer import make_encoding as get_tokenizer
 from sample import ar_generate, diffusion_generate, encode_prompt, num_transfer_tokens
 
@@ -188,17 +187,6 @@ def test_sample_cli_both_kinds(runs, tmp_path, capsys):
     assert len(texts) == 2 and all(t.endswith(" on") is False and len(t) == len("the cat xxxx on") + 8 for t in texts)
 
 
-def test_sample_cli_errors(runs):
-    with pytest.raises(ValueError, match="cannot infill"):
-        launch.sample_run(["--ckpt", runs["ar"], "--start", "a[MASK]b"])
-    with pytest.raises(ValueError, match="context"):
-        launch.sample_run(["--ckpt", runs["ar"], "--start", "x" * 40])
-    with pytest.raises(ValueError, match="longer than the context"):
-        launch.sample_run(["--ckpt", runs["diffusion"], "--start", "abc", "--gen_length=40"])
-    with pytest.raises(ValueError, match="cannot read"):
-        launch.sample_run(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
-    with pytest.raises(SystemExit, match="unknown option --top_q"):
-        launch.sample_run(["--ckpt", runs["ar"], "--top_q=0.5"])
 
 
 def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, monkeypatch, capsys):
@@ -234,3 +222,16 @@ def test_a_bpe_checkpoint_decodes_with_no_data_folder_and_no_network(tmp_path, m
                  "--temperature=0"])
     out = capsys.readouterr().out.splitlines()[0]
     assert out.startswith("the ") and out.endswith(" sat") and "[MASK" not in out
+
+
+def test_sample_cli_errors(runs):
+    with pytest.raises(ValueError, match="cannot infill"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "a[MASK]b"])
+    with pytest.raises(ValueError, match="context"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "x" * 40])
+    with pytest.raises(ValueError, match="longer than the context"):
+        launch.sample_run(["--ckpt", runs["diffusion"], "--start", "abc", "--gen_length=40"])
+    with pytest.raises(ValueError, match="cannot read"):
+        launch.sample_run(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
+    with pytest.raises(SystemExit, match="unknown option --top_q"):
+        launch.sample_run(["--ckpt", runs["ar"], "--top_q=0.5"])

@@ -11,8 +11,7 @@ import tiktoken
 import tiktoken.load
 
 import prepare_data
-from lab.errors import UserError
-from conftest import tiny_text, run_training
+from conftest import tiny_text
 from tokenizer import (GPT2_PATTERN, RANKS_FILE, make_encoding, piece_counts, ranks_to_text, save_ranks,
                        tokenizer_from_meta, train_bpe)
 from data import TrainingWindows, document_spans
@@ -176,10 +175,3 @@ def test_documents_order_sees_every_token_once_per_epoch_with_moving_boundaries(
     assert not np.array_equal(layouts[0], layouts[1])  # the window boundaries move between epochs
 
 
-def test_documents_order_needs_documents(data_dir, tmp_path):
-    import train_ar
-    from conftest import tiny_args
-    with pytest.raises(ValueError, match="document boundaries"):
-        run_training(train_ar, tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=documents"))
-    with pytest.raises(SystemExit, match="invalid choice: 'shuffled'"):
-        run_training(train_ar, tiny_args(data_dir, str(tmp_path / "o"), "--epoch_order=shuffled"))

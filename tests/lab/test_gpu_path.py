@@ -11,12 +11,10 @@ import torch
 
 import runtime
 import data
-import trainer
 from config import TrainConfig
 import train_ar
-from conftest import eval_args, tiny_args, run_training
+from conftest import tiny_args, run_training
 from runtime import load_checkpoint
-from lab.errors import UserError
 from test_training import read_log, train
 from runtime import peak_flops, pick_dtype, rng_state, set_rng_state, setup_distributed
 from lab import folders
@@ -135,9 +133,8 @@ def test_checkpoints_only_where_due_and_best_pt_holds_the_best_evaluations_weigh
     assert saved == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 20), ("ckpt.pt", 40)]
     best = load_checkpoint(out + "/best.pt")
     model, config = runtime.model_from_checkpoint(best), TrainConfig(**best["config"])
-    meta = data.load_meta(os.path.join(data_dir, "tiny"))
     val = data.val_windows(data.load_tokens(os.path.join(data_dir, "tiny"), "val"), config.block_size,
-                              config.eval_windows)
+                           config.eval_windows)
     with torch.no_grad():
         nats, count = train_ar.evaluate_loss(model, val, torch.arange(len(val)), config)
     assert best["best_val"] == pytest.approx(real_val[4]) and abs(nats / count - real_val[4]) < 1e-5
@@ -185,7 +182,6 @@ def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path)
 
 
 def test_prepare_keeps_a_folder_made_from_the_same_inputs_and_replaces_another_only_with_overwrite(tmp_path, capsys):
-    import prepare_data
     args = [f"--data_dir={tmp_path}", "--tokenizer=bpe", "--vocab_size=300"]
     folder = launch.prepare_run(args)
     stamp = os.path.getmtime(os.path.join(folder, "train.bin"))
@@ -307,7 +303,6 @@ def test_foreign_checkpoints_meta_and_paths_are_one_line(data_dir, tmp_path):
     out = str(tmp_path / "run")
     train("ar", data_dir, out, "--max_iters=10", "--eval_interval=10")
 
-    import sample
     from lab.errors import run_cli
 
     def command(script, *args):  # the script's command line, in this process: (exit status, stderr)
@@ -342,7 +337,6 @@ def test_foreign_checkpoints_meta_and_paths_are_one_line(data_dir, tmp_path):
 
 
 def test_a_run_resumes_and_is_scored_only_on_the_data_it_was_trained_on(data_dir, tmp_path):
-    import evaluate
     from conftest import tiny_text
     from prepare_data import prepare
     out = str(tmp_path / "run")
@@ -437,7 +431,6 @@ def test_the_programs_benchmark_runs_a_copy_of_train_py_with_and_without_the_all
     assert lines[3].startswith(f"ar         {ar / 800:.2f}x train.py as it ships, {ar / 800:.2f}x")
     assert lines[4].startswith(f"diffusion  {diffusion / 800:.2f}x train.py as it ships")
     # a folder without nanoGPT's files, or a vocabulary without every byte, is one line before anything runs
-    from lab.errors import UserError
     for argv, message in (([f"--nanogpt={tmp_path}"], "give a checkout of nanoGPT"),
                           ([f"--nanogpt={checkout}", "--n_vocab=100"], "needs at least 256"),
                           ([f"--nanogpt={checkout}", "--iters=4", "--skip=4"], "must be below --iters")):

@@ -11,7 +11,6 @@ import torch
 
 import compare
 from conftest import ROOT, TINY
-from lab.errors import UserError
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import elbo_spread  # noqa: E402

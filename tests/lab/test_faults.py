@@ -21,7 +21,6 @@ from lab import launch
 import torch
 
 import prepare_data
-from lab.errors import UserError
 from conftest import ROOT, tiny_args
 from data import load_meta, load_tokens
 from runtime import load_checkpoint
@@ -308,7 +307,6 @@ def test_a_checkpoint_of_another_version_is_refused_in_one_line_naming_its_optio
 def test_a_diverging_run_never_saves_non_finite_weights_and_its_last_good_checkpoint_samples(data_dir, tmp_path):
     """A learning rate past float32's range: the weights are not finite after one step while that step's loss was
     still finite, so the check before each save must look at the weights too."""
-    import sample
     out = str(tmp_path / "run")
     diverging = ["--lr=1e39", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
     with pytest.raises(ValueError, match="the weights are not finite: stopped; the last good checkpoint in .* is kept"):

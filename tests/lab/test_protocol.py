@@ -21,7 +21,6 @@ import gap_vs_u  # noqa: E402
 import protocol  # noqa: E402
 import sweep  # noqa: E402
 import train_diffusion  # noqa: E402
-from lab.errors import UserError  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
 
