@@ -18,13 +18,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
 from lab.errors import UserError, run_cli  # noqa: E402
-from lab.checks import parse_checked as parse_args  # noqa: E402
+from lab.checks import NUMBER, check_plot_path, shape_mismatch, parse_checked as parse_args  # noqa: E402
 
 
 @dataclass
 class GapConfig:
     plot: str = ""  # default: FOLDER/gap_vs_u.png
     no_plot: bool = False
+
+
+KIND = {"score": NUMBER, "setting": str, "best_epoch": NUMBER, "epochs": NUMBER, "edges": list}
+VERDICT = {"unique_tokens": int, "tokenizer": str, "rescore_samples": int, "rescore_windows": int, "gap": NUMBER,
+           "flops_over_c_crit": NUMBER, "paper1_predicts": str, "kinds": {"ar": KIND, "diffusion": KIND},
+           "downstream": [{"ar_minus_diffusion": NUMBER, "se": NUMBER}]}  # what table() and plot() read
 
 
 def read_verdicts(folder):
@@ -37,6 +43,10 @@ def read_verdicts(folder):
                 found.append(json.load(f))
         except ValueError:
             raise UserError(f"{path} is not JSON: run that U's protocol command again") from None
+        problem = shape_mismatch(found[-1], VERDICT, "it")
+        if problem:
+            raise UserError(f"{path} is not a verdict of experiments/protocol.py ({problem}): run that U's protocol "
+                            f"command again") from None
     if not found:
         raise UserError(f"{folder} holds no u<U>/verdict.json: run experiments/protocol.py --out={folder} first")
     tokenizers = {v["tokenizer"] for v in found}
@@ -108,6 +118,8 @@ def main(argv=None):
     parse_args([a for a in argv if a.startswith("-")], config, doc=__doc__)
     if len(folders) != 1:
         raise UserError("usage: python experiments/gap_vs_u.py OUT_FOLDER [--plot=PATH] (the protocol's --out)")
+    if config.plot and not config.no_plot:
+        check_plot_path("plot", config.plot)
     verdicts = read_verdicts(folders[0])
     print(table(verdicts))
     if not config.no_plot:

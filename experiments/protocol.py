@@ -44,7 +44,7 @@ import evaluate  # noqa: E402
 import sweep  # noqa: E402
 from lab.errors import UserError, run_cli  # noqa: E402
 from config import option  # noqa: E402
-from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from lab.checks import NUMBER, check_plot_path, list_items, shape_mismatch, parse_checked as parse_args  # noqa: E402
 from lab.checks import checked_tokens, load_run_data  # noqa: E402
 from lab.folders import replace_whole  # noqa: E402
 from runtime import load_checkpoint  # noqa: E402
@@ -118,12 +118,31 @@ class Scores:
             except ValueError:
                 raise UserError(f"{path} is damaged (not JSON): remove it, and the scores are computed again") \
                     from None
+            problem = scores_problem(self.values)
+            if problem:
+                raise UserError(f"{path} is not this protocol's scores ({problem}): remove it, and the scores are "
+                                f"computed again")
 
     def get(self, key, compute):
         if key not in self.values:
             self.values[key] = compute()
             write_json(self.values, self.path)
         return self.values[key]
+
+
+def scores_problem(values):
+    """What is wrong with scores.json's content, or None: {key: a loss score, or a test's answers as 0/1 text}."""
+    if not isinstance(values, dict):
+        return "not a JSON object"
+    for key, value in values.items():
+        if isinstance(value, str):
+            if set(value) <= {"0", "1"}:
+                continue
+            return f"'{key}' is text that is not a test's 0/1 answers"
+        problem = shape_mismatch(value, {"loss": NUMBER, "windows": int}, f"'{key}'")
+        if problem:
+            return problem
+    return None
 
 
 def write_json(obj, path):
@@ -264,6 +283,11 @@ def main(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     config = ProtocolConfig()
     parse_args(argv[:split], config, doc=__doc__)
+    if not list_items("ar_epochs", config.ar_epochs, float) or not list_items("diffusion_epochs",
+                                                                             config.diffusion_epochs, float):
+        raise UserError("the protocol compares two kinds: give both --ar_epochs and --diffusion_epochs")
+    if config.plot:
+        check_plot_path("plot", config.plot)
     sized_models(config)
     root, config.out = config.out, os.path.join(config.out, f"u{config.unique_tokens}")
     print(f"U = {config.unique_tokens:,}: AR models {config.ar_models}, diffusion models {config.diffusion_models}; "

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import compare  # noqa: E402
 from lab.errors import UserError, run_cli  # noqa: E402
 from config import option  # noqa: E402
-from lab.checks import list_items, parse_checked as parse_args  # noqa: E402
+from lab.checks import check_plot_path, list_items, parse_checked as parse_args  # noqa: E402
 from trainer import fmt_time  # noqa: E402
 from lab.folders import LOCK_FILE, lock_holder  # noqa: E402
 from runtime import pick_dtype, peak_flops  # noqa: E402
@@ -465,6 +465,8 @@ def main(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     config = SweepConfig()
     parse_args(argv[:split], config, doc=__doc__)
+    if config.plot:
+        check_plot_path("plot", config.plot)
     t_start = time.time()
     trained = train_grid(config, argv[split + 1:])
     if trained is None:

@@ -279,3 +279,40 @@ def checkpoint_to_resume(config, given, kind):
     for k in given | {"resume", "overwrite", "out_dir"}:
         setattr(saved, k, getattr(config, k))
     return saved, ckpt
+
+
+# ----------------------------------------------------------------------------- files the experiments read back
+
+NUMBER = (int, float)
+
+
+def shape_mismatch(value, shape, where="the file"):
+    """Where `value` departs from `shape`, in words, or None. A shape is a type (or a tuple of types), a dict
+    {key: shape} (those keys at least), or [shape] (a list whose every item has that shape)."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} is not a JSON object"
+        for key, inner in shape.items():
+            if key not in value:
+                return f"{where} lacks '{key}'"
+            problem = shape_mismatch(value[key], inner, f"{where}['{key}']")
+            if problem:
+                return problem
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        return next((p for i, item in enumerate(value) if (p := shape_mismatch(item, shape[0], f"{where}[{i}]"))),
+                    None)
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        return f"{where} is {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
+    return None
+
+
+def check_plot_path(option, path):
+    """A picture's path, checked before any work: a PNG file, not a folder."""
+    if os.path.isdir(path):
+        raise UserError(f"--{option} {path} is a folder: give a file path ending in .png")
+    if not path.lower().endswith(".png"):
+        raise UserError(f"--{option} {path}: the plot is a PNG picture: give a path ending in .png")

@@ -17,6 +17,7 @@ import time
 import torch
 
 from lab.errors import UserError
+from tokenizer import RANKS_FILE
 from trainer import fmt_time
 
 LOCK_FILE = ".lock"
@@ -146,6 +147,11 @@ def holder_text(holder, path):
     if holder["host"] != socket.gethostname():  # a shared or copied disk, a recycled Colab runtime
         return (f"process {holder['pid']} on another machine, {holder['host']} (since {since}): it cannot be checked "
                 f"from here; if it no longer runs there, remove {path} and run this again")
+    if holder.get("started") is None or process_start(int(holder["pid"])) != holder["started"]:
+        # an earlier version's lock (no start time), or no /proc: its pid may now be any process, never ours to kill
+        return (f"a lock written {since} that names process {holder['pid']} but cannot be checked (an earlier "
+                f"version's lock, or no /proc here): if no run of this project uses it now, remove {path} and run "
+                f"this again")
     return (f"process {holder['pid']} on this machine (since {since}): wait for it to end, or stop it "
             f"(kill {holder['pid']})")
 
@@ -169,12 +175,50 @@ def atomic_save(obj, path):
     except BaseException as e:
         if not isinstance(e, (OSError, RuntimeError)):  # Ctrl-C and the like: nothing to say about the disk
             raise
-        needed, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        if getattr(e, "errno", None) == errno.ENOSPC or (isinstance(e, RuntimeError) and free < needed):
+        needed, free = tensor_bytes(obj), free_bytes(path)
+        if disk_full(e, needed, free):
             raise UserError(f"{path}: the disk is full (the file needs about {needed / 2**20:,.1f} MB, "
                             f"{free / 2**20:,.1f} MB are free): free some space or choose another --out_dir; the "
                             f"previous {os.path.basename(path)} is kept") from None
         raise
+
+
+def free_bytes(path):
+    """Free space on the disk that holds path (or its nearest existing parent)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder).free
+
+
+def disk_full(error, needed, free):
+    """Whether a write failed because the disk filled: ENOSPC, or an error that carries no errno (numpy's short
+    write 'N requested and M written', torch's inline-container error) while less than `needed` is free."""
+    if getattr(error, "errno", None) == errno.ENOSPC:
+        return True
+    return isinstance(error, (OSError, RuntimeError)) and getattr(error, "errno", None) is None and free < needed
+
+
+def make_folders(path):
+    """os.makedirs(path); returns the folders it created, deepest first. If it fails (a name too long, a
+    read-only parent), none of them is left behind."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        remove_folders(created)
+        raise
+    return created
+
+
+def remove_folders(created):
+    """Remove the empty folders make_folders created (deepest first); a folder something else wrote into stays."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def tensor_bytes(obj):
@@ -224,6 +268,21 @@ def run_is_whole(folder):
     return os.path.isfile(os.path.join(folder, "ckpt.pt"))
 
 
+RUN_FILES = ("ckpt.pt", "best.pt", "best_choice.pt", "log.jsonl")  # what a training run writes
+DATA_FILES = ("meta.json", "train.bin", "val.bin", RANKS_FILE, "val_files.txt", ".readers")  # prepare_data.py
+
+
+def found(folder, names):
+    """Which of `names` are in folder (none if it is no folder)."""
+    return [name for name in names if os.path.exists(os.path.join(folder, name))]
+
+
+def foreign_files(folder):
+    """What a data folder holds that prepare_data.py does not write (its own temporaries aside)."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [n for n in names if n not in DATA_FILES and not n.endswith(".tmp")]
+
+
 def remove_killed_writes(folder):
     """The half-written `NAME.PID.tmp` files (checkpoints) a killed writer left in a run folder this process has
     just locked: no other process writes there now. Lock temporaries are left to remove_dead_writers_temporaries."""
@@ -239,8 +298,12 @@ def claim_run_folder(out_dir, resuming, overwrite):
     replaces a run there, a fresh `<out_dir>.new` beside it that takes out_dir's place at its first checkpoint
     (put_in_place), so a kill at any moment leaves the old run whole or the new one started. A folder that holds a
     run is refused without --resume or --overwrite. (trainer.configure has already run finish_switch.)"""
-    os.makedirs(out_dir, exist_ok=True)
-    take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
+    created = make_folders(out_dir)
+    try:
+        take_lock(os.path.join(out_dir, LOCK_FILE), out_dir)
+    except BaseException:  # a refused or unwritable folder: none of the folders made for it is left
+        remove_folders(created)
+        raise
     remove_killed_writes(out_dir)
     settle_replacement(out_dir)
     holds_run = run_is_whole(out_dir)

@@ -4,7 +4,6 @@ from its last lines (`from lab import launch; launch.train(...)`). Nothing is wr
 input is one line and exit status 1; a fault loses nothing (locks, whole-file and whole-folder writes).
 """
 import ctypes
-import errno
 import hashlib
 import json
 import os
@@ -69,6 +68,10 @@ def configure(objective, argv):
     given = checks.parse_checked(argv, config, doc=objective.__doc__)
     config.out_dir = config.out_dir or os.path.join("out", objective.KIND)
     folders.finish_switch(config.out_dir, folders.run_is_whole)  # before anything reads the folder
+    data = folders.found(config.out_dir, folders.DATA_FILES[:3])
+    if data:  # a data folder is never a run folder: prepare_data.py --overwrite would delete the run with it
+        raise UserError(f"--out_dir {config.out_dir} holds prepared data ({', '.join(data)}), not a run: choose "
+                        f"another --out_dir")
     ckpt = None
     if config.resume:
         config, ckpt = checks.checkpoint_to_resume(config, given, objective.KIND)
@@ -96,8 +99,9 @@ class LabHooks(trainer.Hooks):
     """The lab's work inside the loop: nothing non-finite reaches a file, --stop_after_s, and the multiple-choice
     accuracy at every evaluation with its best weights (best_choice.pt)."""
 
-    def __init__(self, items):
+    def __init__(self, items, saved_iter=None):
         self.items, self.first_nonfinite, self.best_choice, self.start_iter = items, None, None, None
+        self.saved_iter = saved_iter  # the iteration of the checkpoint on disk (a resumed run's, at first)
 
     def after_step(self, run, state, loss):  # the first non-finite step, kept on the device (no sync)
         if self.first_nonfinite is None:
@@ -110,14 +114,17 @@ class LabHooks(trainer.Hooks):
         bad = -1 if self.first_nonfinite is None else int(self.first_nonfinite)
         weights_finite = bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all())
         if bad >= 0 or not weights_finite:
-            where = f"loss is not finite at iteration {bad}" if bad >= 0 else "the weights are not finite"
-            raise UserError(f"{where}: stopped; the last good checkpoint in {run.config.out_dir} is kept (try a "
-                            f"lower --lr)")
+            self.stop(run, f"loss is not finite at iteration {bad}" if bad >= 0 else "the weights are not finite")
+
+    def stop(self, run, what):
+        kept = "no checkpoint of this run was saved" if self.saved_iter is None else \
+            f"its last good checkpoint, {os.path.join(run.config.out_dir, 'ckpt.pt')} at iteration {self.saved_iter}, " \
+            f"is kept"
+        raise UserError(f"{what}: stopped; {kept} (try a lower --lr)")
 
     def after_eval(self, run, state, record):
         if not torch.isfinite(torch.tensor(record["val_loss"])):
-            raise UserError(f"the validation loss is not finite at iteration {state.iter}: stopped; the last good "
-                            f"checkpoint in {run.config.out_dir} is kept (try a lower --lr)")
+            self.stop(run, f"the validation loss is not finite at iteration {state.iter}")
         if run.rank != 0 or self.items is None:  # rank 0 scores them; the others wait at the next step
             return
         run.model.eval()
@@ -146,8 +153,8 @@ class LabHooks(trainer.Hooks):
         dist.broadcast(flag, src=0)
         return bool(flag.item())
 
-    def extra_files(self, run, state):
-        files, self.best_choice = {"best_choice.pt": self.best_choice}, None
+    def extra_files(self, run, state):  # called as a checkpoint is saved
+        files, self.best_choice, self.saved_iter = {"best_choice.pt": self.best_choice}, None, state.iter
         return files
 
 
@@ -159,7 +166,7 @@ def train_run(objective, argv=None):
     data_dir = os.path.join(config.data_dir, config.dataset)
     resume_iter = ckpt["iter"] if ckpt is not None else None
     with folders.RunFolder(config.out_dir, data_dir, resume_iter, config.overwrite, writer=writer) as folder:
-        result = trainer.run(config, objective, folder if writer else None, LabHooks(items))
+        result = trainer.run(config, objective, folder if writer else None, LabHooks(items, resume_iter))
     leave_if_distributed()  # the folder's files are closed and its locks released
     return result
 
@@ -243,9 +250,19 @@ def prepared_from(out_dir):
 
 
 def check_replaceable(out_dir, overwrite):
-    """A folder that holds other data is replaced only with --overwrite, and never while a training run reads it."""
+    """A folder that holds other data is replaced only with --overwrite, and never while a training run reads it; a
+    folder that holds anything else (a training run, other files) is never replaced."""
     if not os.path.exists(out_dir):
         return
+    run = folders.found(out_dir, folders.RUN_FILES)
+    if run:
+        raise UserError(f"{out_dir} holds a training run ({', '.join(run)}), not data: prepare the data under another "
+                        f"--name or --data_dir")
+    foreign = folders.foreign_files(out_dir)
+    if foreign:
+        raise UserError(f"{out_dir} holds files prepare_data.py does not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}): it is not a data folder; prepare the data under "
+                        f"another --name or --data_dir")
     if not overwrite:
         raise UserError(f"{out_dir} already holds data prepared from other text or options (or an incomplete "
                         f"folder): replace it with --overwrite, or choose another --name")
@@ -265,13 +282,14 @@ def write_new_folder(core, args, corpus, out_dir):
                             corpus.extra, corpus.val_names)
     except BaseException as e:
         shutil.rmtree(new, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            docs = [corpus.train_docs, corpus.val_docs] if isinstance(corpus.train_docs, str) \
-                else [*corpus.train_docs, *corpus.val_docs]
-            text_bytes = sum(len(doc.encode()) for doc in docs)  # two bytes a token, at most a token a byte
-            raise UserError(f"{new}: the disk is full (the token files need up to {2 * text_bytes / 2**20:,.1f} "
-                            f"MB, {shutil.disk_usage(args.data_dir).free / 2**20:,.1f} MB are free): free some "
-                            f"space or choose another --data_dir") from None
+        docs = [corpus.train_docs, corpus.val_docs] if isinstance(corpus.train_docs, str) \
+            else [*corpus.train_docs, *corpus.val_docs]
+        needed = 2 * sum(len(doc.encode()) for doc in docs)  # two bytes a token, at most a token a byte
+        free = folders.free_bytes(new)
+        if folders.disk_full(e, needed, free):
+            raise UserError(f"{new}: the disk is full (the token files need up to {needed / 2**20:,.1f} MB, "
+                            f"{free / 2**20:,.1f} MB are free): free some space or choose another --data_dir") \
+                from None
         raise
     folders.put_in_place(new, out_dir)
     return meta
@@ -287,8 +305,12 @@ def prepare_run(argv=None):
     out_dir = core.folder_for(args, corpus)
     inputs = inputs_fingerprint(corpus.train_docs, corpus.val_docs, args)
     corpus.extra = dict(corpus.extra or {}, inputs_sha256=inputs)  # meta.json records what the folder is made of
-    os.makedirs(args.data_dir, exist_ok=True)
-    lock = folders.take_lock(folders.data_lock(out_dir), out_dir)  # one writer per data folder
+    created = folders.make_folders(args.data_dir)
+    try:
+        lock = folders.take_lock(folders.data_lock(out_dir), out_dir)  # one writer per data folder
+    except BaseException:
+        folders.remove_folders(created)
+        raise
     try:
         folders.finish_switch(out_dir, lambda folder: prepared_from(folder) is not None)
         folders.settle_replacement(out_dir)
@@ -327,5 +349,13 @@ def evaluate(argv=None):
 
 def compare(argv=None):
     """The entry point of compare.py."""
-    import compare as core  # its options are choices, which argparse checks
-    return run_cli(lambda: core.main(argv))
+    import compare as core
+    argv = sys.argv[1:] if argv is None else argv
+
+    def checked():
+        options = core.CompareConfig()
+        checks.parse_checked([a for a in argv if a.startswith("-")], options, doc=core.__doc__)
+        if not options.no_plot:
+            checks.check_plot_path("plot", options.plot)
+        return core.main(argv)
+    return run_cli(checked)

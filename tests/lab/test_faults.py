@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from lab import launch
+from lab import folders, launch
 import torch
 
 import prepare_data
@@ -263,7 +263,9 @@ def live_pid():
 
 
 def lock_of(pid):
-    return json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"})
+    """A lock as this version writes it for process pid (its start time and boot make it checkable)."""
+    return json.dumps({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00",
+                       "started": folders.process_start(pid), "boot": folders.boot_id()})
 
 
 def test_data_is_prepared_by_one_writer_and_never_replaced_under_a_live_run(data_dir, tmp_path, live_pid):
@@ -309,8 +311,11 @@ def test_a_diverging_run_never_saves_non_finite_weights_and_its_last_good_checkp
     still finite, so the check before each save must look at the weights too."""
     out = str(tmp_path / "run")
     diverging = ["--lr=1e39", "--warmup_iters=0", "--eval_interval=1", "--max_iters=20"]
-    with pytest.raises(ValueError, match="the weights are not finite: stopped; the last good checkpoint in .* is kept"):
+    with pytest.raises(ValueError, match=r"the weights are not finite: stopped; its last good checkpoint, .*ckpt.pt "
+                                         r"at iteration (\d+), is kept") as stop:
         train("ar", data_dir, out, *diverging)
+    named = int(re.search(r"at iteration (\d+)", str(stop.value)).group(1))
+    assert named == load_checkpoint(os.path.join(out, "ckpt.pt"))["iter"]  # the message names the file on disk
     for name in ("ckpt.pt", "best.pt"):
         ckpt = load_checkpoint(os.path.join(out, name))
         assert ckpt["iter"] <= 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

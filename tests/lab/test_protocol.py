@@ -225,15 +225,16 @@ def test_a_score_that_cannot_be_written_leaves_the_previous_file_and_no_temporar
     import errno
     path = tmp_path / "scores.json"
     scores = protocol.Scores(str(path))
-    assert scores.get("a", lambda: 1.5) == 1.5
+    assert scores.get("a", lambda: {"loss": 1.5, "windows": 4}) == {"loss": 1.5, "windows": 4}
 
     def full_disk(obj, f, **options):
         f.write("{\"a\": 1.")
         raise OSError(errno.ENOSPC, "No space left on device", f.name)
     monkeypatch.setattr(json, "dump", full_disk)
     with pytest.raises(OSError):
-        scores.get("b", lambda: 2.5)
-    assert os.listdir(tmp_path) == ["scores.json"] and protocol.Scores(str(path)).values == {"a": 1.5}
+        scores.get("b", lambda: {"loss": 2.5, "windows": 4})
+    assert os.listdir(tmp_path) == ["scores.json"]
+    assert protocol.Scores(str(path)).values == {"a": {"loss": 1.5, "windows": 4}}
     path.write_text("{\"a\": 1.")  # torn by something else: one line that says what to do
     with pytest.raises(ValueError, match="scores.json is damaged \\(not JSON\\): remove it"):
         protocol.Scores(str(path))
