@@ -155,6 +155,17 @@ def log_epochs(rows, xscale):
     return len(lengths) > 1 and max(lengths) >= 5 * min(lengths)
 
 
+def train_points(records):
+    """(epoch, training loss) of each evaluation, except one whose average spans under half the run's usual number
+    of steps (the last evaluation, a few steps after the one before): its few steps, late in the cosine, would draw
+    a drop that is no feature of the curve. The log keeps it."""
+    spans = [(b["iter"] - a["iter"], b) for a, b in zip(records, records[1:]) if b["train_loss"] is not None]
+    if not spans:
+        return []
+    usual = sorted(span for span, _ in spans)[len(spans) // 2]
+    return [(r["epoch"], r["train_loss"]) for span, r in spans if 2 * span >= usual]
+
+
 def plot(rows, path, xscale="auto"):
     """Validation loss vs epoch, all runs on one axis; train loss dashed (up to 6 runs: more would hide the
     validation curves); a second panel with the multiple-choice accuracy. Returns False without matplotlib."""
@@ -183,7 +194,7 @@ def plot(rows, path, xscale="auto"):
         ax.plot(epochs, [x["val_loss"] for x in r["records"]], color=color, marker=".",
                 label=f"{run_label(r)} val, best {r['best_val']:.3f}")
         shown += [x["val_loss"] for x in r["records"][1:]]  # the untrained first evaluation would squash the rest
-        train = [(x["epoch"], x["train_loss"]) for x in r["records"] if x["train_loss"] is not None]
+        train = train_points(r["records"])
         if train and not many:
             ax.plot(*zip(*train), color=color, linestyle="--", alpha=0.6, label=f"{run_label(r)} train")
             shown += [loss for _, loss in train]

@@ -17,7 +17,8 @@ cat <<'TEXT'
 What it takes to see diffusion cross below AR: more compute per unique token than a CPU gives in minutes. The
 closest setting measured so far (docs/RESULTS.md, with every CPU setting tried): Python source, 150,000 unique BPE
 tokens, where diffusion ties an AR model of its own size over three seeds, though a larger AR is lower.
-experiments/gpu_recipe.sh is the recipe for one GPU (offline, 7 minutes on an H100; there, at 300,000 unique
-tokens, AR's best loss was 8% lower while diffusion scored higher on the multiple-choice test: docs/RESULTS.md).
+experiments/gpu_recipe.sh is the recipe for one GPU (offline; its time on a GPU is not yet measured for the
+current grid; the one H100 run, of an earlier grid at 300,000 unique tokens, had AR's best loss 8% lower while
+diffusion scored higher on the multiple-choice test: docs/RESULTS.md).
 Sample from both: python sample.py --ckpt out/ar --start "The "   (and --ckpt out/diffusion --show)
 TEXT

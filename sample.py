@@ -36,7 +36,8 @@ class SampleConfig:
     top_k: int = option(0, low=0)  # keep the k most likely tokens (0: all)
     top_p: float = option(1.0, above=0, high=1)  # keep the smallest set of tokens whose probability reaches p
     # diffusion
-    # tokens after the prompt (-1: the rest of the context in whole blocks; 0: only fill the prompt's [MASK]s)
+    # tokens after the prompt (-1: the prompt's [MASK]s only when it has some, else the rest of the context in whole
+    # blocks; 0: only fill the prompt's [MASK]s)
     gen_length: int = option(-1, low=-1)
     steps: int = option(0, low=0)  # denoising steps (0: one token per step)
     # semi-autoregressive block size (0: one block): small blocks keep weak models from committing runs of their
@@ -201,6 +202,8 @@ def main(config):
     ckpt = load_checkpoint(config.ckpt)
     device = pick_device(config.device)
     model = model_from_checkpoint(ckpt, device)
+    if ckpt.get("trained_ids") is not None:
+        trained_only(model, ckpt["trained_ids"])
     enc = tokenizer_from_meta(ckpt["meta"])
     prompt = encode_prompt(enc, read_prompt(config.start), model.config.mask_id)
     if len(prompt) > model.config.block_size:
@@ -210,6 +213,14 @@ def main(config):
     autocast, _ = mixed_precision(device, pick_dtype(device))  # as training: bf16 on recent GPUs, fp16 on older
     with autocast:
         (sample_ar if model.config.causal else sample_diffusion)(model, enc, prompt, config, generator)
+
+
+def trained_only(model, trained_ids):
+    """Make the model's logits -inf at every token its training never held (a hook on its output): such a token's
+    embedding row was never trained as an input, and one drawn by chance derails everything decoded after it."""
+    never = torch.ones(model.config.n_vocab, dtype=torch.bool, device=model.embed.weight.device)
+    never[trained_ids.to(never.device)] = False
+    return model.register_forward_hook(lambda module, args, logits: logits.masked_fill(never, float("-inf")))
 
 
 def sample_ar(model, enc, prompt, config, generator):
@@ -237,6 +248,8 @@ def sample_diffusion(model, enc, prompt, config, generator):
     of the first with --show)."""
     mask_id, block_size = model.config.mask_id, model.config.block_size
     gen_length = config.gen_length
+    if gen_length < 0 and mask_id in prompt:  # infilling: the holes, and nothing after them
+        gen_length = 0
     if gen_length < 0:  # the rest of the context, in whole blocks
         gen_length = block_size - len(prompt)
         gen_length -= gen_length % config.block_length if config.block_length else 0

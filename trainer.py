@@ -86,6 +86,7 @@ class Run:
     total_iters: int
     eval_interval: int
     global_batch: int  # windows per optimizer step, over all processes
+    trained_ids: torch.Tensor = None  # every token id of the U training tokens (sample.py draws only these)
     t_start: float = 0.0
     t_log: float = 0.0  # the progress line's clock: tokens/s counts training time only
     iters_since_log: int = 0
@@ -95,7 +96,7 @@ class Run:
         """What every checkpoint file carries: the objective, the model's shape, the options, the data's meta."""
         name = os.path.splitext(os.path.basename(self.objective.__file__))[0]
         return {"kind": self.objective.KIND, "objective": name, "model_args": self.model.model_args(),
-                "config": dataclasses.asdict(self.config), "meta": self.meta}
+                "config": dataclasses.asdict(self.config), "meta": self.meta, "trained_ids": self.trained_ids}
 
 
 @dataclasses.dataclass
@@ -137,7 +138,8 @@ def set_up(config, objective, ckpt):
         else config.eval_interval
     return Run(config, objective, meta, windows, val_windows(val_tokens, config.block_size, config.eval_windows),
                device, rank, world_size, dtype, *runtime.mixed_precision(device, dtype), model, step_model,
-               optimizer, total_iters, eval_interval, global_batch, t_start=time.time(), t_log=time.time())
+               optimizer, total_iters, eval_interval, global_batch,
+               torch.from_numpy(np.unique(windows.tokens).astype(np.int64)), t_start=time.time(), t_log=time.time())
 
 
 def start_state(run, ckpt):

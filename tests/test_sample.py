@@ -235,3 +235,37 @@ def test_sample_cli_errors(runs):
         launch.sample_run(["--ckpt", runs["ar"], "--start", "FILE:/nonexistent/prompt.txt"])
     with pytest.raises(SystemExit, match="unknown option --top_q"):
         launch.sample_run(["--ckpt", runs["ar"], "--top_q=0.5"])
+
+
+def test_the_sampler_never_draws_a_token_its_training_never_held(runs, capsys):
+    """The tiny corpus holds ~15 of the 256 byte tokens: a checkpoint records which, and both decoders draw only
+    those, even hot. Without that rule the same draws do reach the never-trained ids."""
+    from conftest import tiny_text
+    from runtime import load_checkpoint, model_from_checkpoint
+    ckpt = load_checkpoint(runs["ar"])
+    trained = set(ckpt["trained_ids"].tolist())
+    assert trained == set(tiny_text()[:len(tiny_text()) * 9 // 10].encode())  # the U training tokens' ids
+    prompt = torch.tensor([list(b"the cat ")] * 8)
+    for guarded in (False, True):
+        model = model_from_checkpoint(ckpt)
+        if guarded:
+            sample.trained_only(model, ckpt["trained_ids"])
+        out = ar_generate(model, prompt, 200, temperature=3.0, generator=torch.Generator().manual_seed(0))
+        drawn = set(out[:, prompt.shape[1]:].flatten().tolist())
+        assert (drawn <= trained) == guarded, (guarded, sorted(drawn - trained)[:5])
+    diffusion = load_checkpoint(runs["diffusion"])
+    model = model_from_checkpoint(diffusion)
+    sample.trained_only(model, diffusion["trained_ids"])
+    x = torch.full((8, 32), model.config.mask_id)
+    out = diffusion_generate(model, x, 0, 32, temperature=3.0, generator=torch.Generator().manual_seed(0))
+    assert set(out.flatten().tolist()) <= set(diffusion["trained_ids"].tolist())
+    # and through the command line, the text holds only the corpus's characters
+    launch.sample_run(["--ckpt", runs["ar"], "--start", "the ", "--num_samples=2", "--max_new_tokens=100",
+                       "--temperature=3"])
+    assert set(capsys.readouterr().out.replace("-" * 60, "")) <= set(tiny_text()) | {"\n"}
+
+
+def test_an_infilling_prompt_fills_its_holes_and_generates_nothing_after_them(runs, capsys):
+    launch.sample_run(["--ckpt", runs["diffusion"], "--start", "the [MASK*4] sat", "--num_samples=1"])
+    text = capsys.readouterr().out.split("\n" + "-" * 60)[0]
+    assert text.startswith("the ") and text.endswith(" sat") and len(text) == len("the ") + 4 + len(" sat")

@@ -291,3 +291,14 @@ def test_an_interrupted_sweep_leaves_no_training_process_behind(tmp_path, monkey
     assert all(proc.returncode == -signal.SIGINT for proc in started)  # stopped by the sweep's SIGINT
     with pytest.raises(KeyboardInterrupt):
         sweep.stop_on_sigterm(signal.SIGTERM, None)
+
+
+def test_the_plot_leaves_out_a_training_average_of_a_few_steps():
+    """The demo's last evaluation comes 3 iterations after the one before: its training average (3 late steps)
+    would end the curve in a vertical drop. Every evaluation with a usual span is drawn."""
+    def records(iters, losses):
+        return [{"iter": i, "epoch": i / 10, "train_loss": loss} for i, loss in zip(iters, losses)]
+    assert compare.train_points(records([0, 10, 20, 30, 33], [None, 5.0, 4.0, 3.5, 1.0])) == \
+        [(1.0, 5.0), (2.0, 4.0), (3.0, 3.5)]
+    assert compare.train_points(records([0, 10, 20, 30, 37], [None, 5.0, 4.0, 3.5, 3.4]))[-1] == (3.7, 3.4)
+    assert compare.train_points(records([0], [None])) == []
