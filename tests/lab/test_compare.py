@@ -280,7 +280,11 @@ def test_an_interrupted_sweep_leaves_no_training_process_behind(tmp_path, monkey
     # Ctrl-C at the terminal, as a foreground sweep gets it (this suite may run with SIGINT ignored, as a background
     # job; the runs get Ctrl-C's default back from the sweep either way)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    threading.Timer(1.0, signal.raise_signal, [signal.SIGINT]).start()
+    def interrupt_once_both_run():  # an event, not a timer: a slow host may take seconds to start them
+        while len(started) < 2 or any(proc.poll() is not None for proc in started):
+            time.sleep(0.01)
+        signal.raise_signal(signal.SIGINT)
+    threading.Thread(target=interrupt_once_both_run, daemon=True).start()
     t0 = time.time()
     try:
         with pytest.raises(KeyboardInterrupt):

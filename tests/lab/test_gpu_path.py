@@ -164,7 +164,7 @@ def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path)
     env = dict(os.environ, OUT=str(tmp_path / "smoke"), DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="2",
                PYTHON=sys.executable)
     script = os.path.join(ROOT, "experiments", "gpu_smoke.sh")
-    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
     checks = [line.split()[1] for line in lines if line.startswith("ok ")]
@@ -176,7 +176,7 @@ def test_gpu_smoke_on_a_cpu_runs_what_a_cpu_can_and_says_what_it_skips(tmp_path)
     # the first failure stops it, named, with its last lines
     (tmp_path / "not_a_folder").write_text("")
     env["DATA_DIR"] = str(tmp_path / "not_a_folder")
-    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 1 and "FAIL  data" in result.stdout and "ok " not in result.stdout
     assert "every check passed" not in result.stdout
 
@@ -261,7 +261,10 @@ def test_ctrl_c_in_a_real_script_is_one_line_not_a_traceback(tmp_path):
                              "--tokenizer=bpe", "--vocab_size=8000", f"--data_dir={tmp_path}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(2.0)  # inside the BPE training (a few seconds at this size)
+    lock = tmp_path / "python_bpe8000.lock"  # taken after the corpus is read, before the BPE trains
+    while not lock.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the BPE training (a few seconds at this size)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "interrupted\n", err[-500:]

@@ -1,0 +1,180 @@
+"""The verdict's own arithmetic against answers computed by hand: a synthetic U folder whose checkpoints score by
+their file (a stand-in scorer), so which file each number came from, each kind's best, the gap, the edge flags, the
+downstream accuracies, the paired difference and its file-clustered standard error are known in advance. Then the
+held-out test items through the protocol's own code path, a resumed run's best_choice.pt, and a three-run compare."""
+import json
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import compare
+import downstream
+import evaluate
+import train_ar
+from config import TrainConfig
+from conftest import ROOT, make_tiny_documents, run_training, tiny_args
+from lab import launch
+from runtime import load_checkpoint
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import protocol  # noqa: E402
+import sweep  # noqa: E402
+
+# (kind, setting label, params, epochs): run name -> its grid point
+GRID = {"ar_a": ("ar", "2x32", 1000, 4.0), "ar_b": ("ar", "2x64", 3000, 4.0), "ar_c": ("ar", "2x32", 1000, 8.0),
+        "df_a": ("diffusion", "2x32", 1000, 50.0), "df_b": ("diffusion", "2x64", 3000, 50.0)}
+# the re-scored loss of each file: best.pt is what the protocol must read; ckpt.pt (the last weights) would crown
+# other winners (ar_a, df_a)
+LOSS = {("ar_a", "best.pt"): 5.0, ("ar_b", "best.pt"): 4.8, ("ar_c", "best.pt"): 4.9,
+        ("df_a", "best.pt"): 5.3, ("df_b", "best.pt"): 5.1,
+        ("ar_a", "ckpt.pt"): 3.0, ("ar_b", "ckpt.pt"): 6.0, ("ar_c", "ckpt.pt"): 6.0,
+        ("df_a", "ckpt.pt"): 4.0, ("df_b", "ckpt.pt"): 6.0}
+# the logged best selection-item accuracy of each run: the second rule takes each kind's highest (ar_b, df_a)
+BEST_ACC = {"ar_a": 0.40, "ar_b": 0.55, "ar_c": 0.30, "df_a": 0.50, "df_b": 0.35}
+# six held-out items from three files; which each checkpoint answers right
+FILES = np.array([0, 0, 1, 1, 2, 2])
+CORRECT = {("ar_b", "best.pt"): [1, 1, 1, 0, 1, 0], ("df_b", "best.pt"): [0, 1, 0, 0, 1, 1],
+           ("ar_b", "best_choice.pt"): [1, 1, 1, 1, 1, 0], ("df_a", "best_choice.pt"): [1, 1, 0, 1, 1, 1]}
+
+
+@pytest.fixture
+def grid(tmp_path, monkeypatch):
+    """The U folder (one file per checkpoint, so that checkpoint_id sees it) and the stand-in scorers."""
+    for run in GRID:
+        (tmp_path / run).mkdir()
+        for name in ("best.pt", "ckpt.pt", "best_choice.pt"):
+            (tmp_path / run / name).write_bytes(b"weights")
+
+    def loaded(path, device):
+        run, name = os.path.basename(os.path.dirname(path)), os.path.basename(path)
+        train = TrainConfig(eval_windows=8, elbo_samples=4)
+        return {"file": (run, name)}, train, None, None, None
+    monkeypatch.setattr(evaluate, "loaded", loaded)
+    monkeypatch.setattr(evaluate, "val_score", lambda ckpt, model, val, scoring: (LOSS[ckpt["file"]], 256))
+    monkeypatch.setattr(evaluate, "choice_correct", lambda ckpt, model, items, *a, **k: torch.tensor(
+        [bool(c) for c in CORRECT[ckpt["file"]]]))
+    items = downstream.Items(torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4, 2, dtype=torch.long),
+                             torch.zeros(6, dtype=torch.long), torch.from_numpy(FILES))
+    monkeypatch.setattr(protocol, "test_items", lambda folder, run, config: (items, (4, 2)))
+    rows = [{"run": run, "kind": kind, "best_val": 9.0, "best_epoch": epochs / 2, "params": params,
+             "best_acc": BEST_ACC[run], "tokenizer": "bytes-256"} for run, (kind, _, params, epochs) in GRID.items()]
+    setting_of = {run: (kind, label, epochs) for run, (kind, label, _, epochs) in GRID.items()}
+    runs = [{"name": run, "params": params, "per_unique_token": params / 2000, "flops_per_token": 6 * params,
+             "tokens": 2000 * epochs, "tokens_per_step": 512} for run, (_, _, params, epochs) in GRID.items()]
+    config = protocol.ProtocolConfig(unique_tokens=2000, rescore_samples=4, rescore_windows=8, test_items=6)
+    return tmp_path, rows, setting_of, runs, config
+
+
+def test_the_verdict_of_a_grid_whose_every_number_is_known(grid):
+    folder, rows, setting_of, runs, config = grid
+    scores = protocol.Scores(str(folder / "scores.json"))
+    protocol.rescore(rows, str(folder), config, scores, torch.device("cpu"))
+    assert {r["run"]: r["score"] for r in rows} == {run: LOSS[run, "best.pt"] for run in GRID}  # best.pt, each
+    best = sweep.kind_bests(rows, setting_of)
+    assert (best["ar"]["run"], best["diffusion"]["run"]) == ("ar_b", "df_b")
+    assert best["ar"]["edges"] == ["largest size", "fewest epochs"]
+    assert best["diffusion"]["edges"] == ["largest size", "one epoch count only"]
+    tests = protocol.downstream_test(rows, best, str(folder), config, scores, torch.device("cpu"))
+    verdict = protocol.verdict_of(rows, best, runs, config, tests)
+    assert verdict["gap"] == pytest.approx((5.1 - 4.8) / 4.8)
+    assert verdict["kinds"]["ar"]["score"] == 4.8 and verdict["kinds"]["diffusion"]["score"] == 5.1
+    by_loss, by_accuracy = verdict["downstream"]
+    assert by_loss["rule"] == "best validation loss"
+    assert (by_loss["ar"]["checkpoint"], by_loss["diffusion"]["checkpoint"]) == ("ar_b/best.pt", "df_b/best.pt")
+    assert by_loss["ar"]["accuracy"] == pytest.approx(4 / 6) and by_loss["diffusion"]["accuracy"] == pytest.approx(3 / 6)
+    # d = (1, 0, 1, 0, 0, -1), mean 1/6; per file, the sums of d - mean are 4/6, 4/6, -8/6; G = 3 files, n = 6:
+    # var = G / (G - 1) * (16 + 16 + 64) / 36 / n^2 = 1/9 (by item instead it would be 0.0944)
+    assert by_loss["ar_minus_diffusion"] == pytest.approx(1 / 6) and by_loss["se"] == pytest.approx(1 / 3)
+    assert by_accuracy["rule"] == "best selection-item accuracy"
+    assert (by_accuracy["ar"]["checkpoint"], by_accuracy["diffusion"]["checkpoint"]) == \
+        ("ar_b/best_choice.pt", "df_a/best_choice.pt")
+    # d = (0, 0, 1, 0, 0, -1): per-file sums of d - 0: 0, 1, -1 -> var = 3/2 * 2 / 36 = 1/12
+    assert by_accuracy["ar_minus_diffusion"] == pytest.approx(0.0) and by_accuracy["se"] == pytest.approx(
+        math.sqrt(1 / 12))
+    assert by_loss["items"] == 6 and by_loss["files"] == 3
+
+
+def test_the_held_out_items_come_only_from_the_test_files_and_never_overlap_the_selection_items(tmp_path):
+    """Through the protocol's own code path (protocol.test_items on a real run) against the items a run scores
+    at every evaluation (lab.launch.choice_items): disjoint files, no window shared."""
+    data_dir = make_tiny_documents(tmp_path)
+    out = tmp_path / "u" / "run"
+    args = [a for a in tiny_args(data_dir, str(out), "--max_iters=2", "--eval_interval=2", "--dataset=docs")
+            if a not in ("--dataset=tiny", "--mc_items=0")] + ["--mc_items=30"]
+    run_training(train_ar, args)
+    config = protocol.ProtocolConfig(test_items=40, test_seed=3)
+    items, (context, continuation) = protocol.test_items(str(tmp_path / "u"), "run", config)
+    train = load_checkpoint(str(out / "best.pt"))
+    meta = json.load(open(os.path.join(data_dir, "docs", "meta.json")))
+    val = np.fromfile(os.path.join(data_dir, "docs", "val.bin"), dtype=np.uint16).astype(np.int64)
+    selection, test = downstream.split_files(downstream.document_spans(val, meta["eot_id"]))
+
+    def windows_of(items, spans):
+        """The (start, end) in val of each item's context + true continuation, and that it lies in `spans`."""
+        found = []
+        for ctx, choices, answer in zip(items.contexts.numpy(), items.choices.numpy(), items.answers.numpy()):
+            window = np.concatenate([ctx, choices[answer]])
+            starts = [s for s in range(len(val) - len(window) + 1) if np.array_equal(val[s:s + len(window)], window)]
+            inside = [s for s in starts if any(a <= s and s + len(window) <= b for a, b in spans)]
+            assert inside, "an item outside its files"
+            found.append((inside[0], inside[0] + len(window)))
+        return found
+    held_out = windows_of(items, test)
+    for choices in items.choices.numpy():  # the distractors too come from the test files
+        for piece in choices:
+            assert any(any(np.array_equal(val[s:s + len(piece)], piece) for s in range(a, b - len(piece) + 1))
+                       for a, b in test)
+    chosen = launch.choice_items(types.SimpleNamespace(**{**train["config"], "mc_items": 30}))
+    for a, b in windows_of(chosen, selection):
+        assert all(b <= c or d <= a for c, d in held_out)
+
+
+def test_a_resumed_run_keeps_its_best_accuracy_so_best_choice_pt_is_the_uninterrupted_runs(data_dir, tmp_path,
+                                                                                            monkeypatch):
+    """The multiple-choice accuracy is 1.0 at the initial weights and below it ever after (a stand-in scorer that
+    reads how far the weights moved): best_choice.pt must stay the initial weights, whether or not the run was
+    stopped after its first evaluation and resumed. A resume that forgot its best accuracy would overwrite it."""
+    from model import ModelConfig, Transformer
+    torch.manual_seed(1337)
+    initial = torch.cat([p.detach().flatten() for p in Transformer(ModelConfig(
+        n_vocab=256, block_size=32, n_layer=2, n_head=2, n_embd=32, causal=True)).parameters()])
+
+    def drift(model, contexts, continuations, item_ids, samples, batch_size, seed):
+        moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - initial).norm())
+        return torch.full((len(contexts),), moved, dtype=torch.float64)
+
+    def accuracy(items, score_nll, batch_items=64, progress=None):
+        moved = float(score_nll(items.contexts[:1], items.choices[:1, 0], torch.arange(1))[0])
+        return 1.0 if moved == 0 else 0.5 / (1 + moved), 0.01, None
+    monkeypatch.setattr(downstream, "accuracy", accuracy)
+    args = [a for a in tiny_args(data_dir, "", "--max_iters=20", "--eval_interval=5") if a != "--mc_items=0"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run_training(train_ar, args + [f"--out_dir={one}", "--mc_items=20"], continuation_nll=drift)
+    run_training(train_ar, args + [f"--out_dir={two}", "--mc_items=20", "--stop_after_s=1e-9"], continuation_nll=drift)
+    assert load_checkpoint(two + "/ckpt.pt")["iter"] == 0
+    run_training(train_ar, ["--resume", f"--out_dir={two}", "--stop_after_s=0"], continuation_nll=drift)
+    a, b = load_checkpoint(one + "/best_choice.pt"), load_checkpoint(two + "/best_choice.pt")
+    assert a["iter"] == b["iter"] == 0 and a["mc_accuracy"] == b["mc_accuracy"] == 1.0
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_compare_takes_each_kinds_best_run_of_several(tmp_path):
+    def log(name, kind, best):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "log.jsonl", "w") as f:
+            for i, val in enumerate((best + 1.0, best, best + 0.2)):
+                f.write(json.dumps({"iter": i * 10, "epoch": float(i), "tokens": i * 100, "train_loss": val,
+                                    "val_loss": val, "kind": kind, "tokenizer": "bytes-256", "unique_tokens": 1000,
+                                    "n_params": 5000, "elapsed_s": 1.0}) + "\n")
+    log("ar_small", "ar", 4.0)
+    log("ar_large", "ar", 3.5)
+    log("diffusion", "diffusion", 3.8)
+    rows = compare.main([str(tmp_path / n) for n in ("ar_small", "ar_large", "diffusion")] + ["--no_plot"])
+    line = [line for line in compare.verdict(rows).splitlines() if line.startswith("by validation loss")][0]
+    assert line == ("by validation loss: AR lower, by 0.3000 nats/token (7.9% of diffusion's best; AR 3.5000 in "
+                    "ar_large, diffusion 3.8000 in diffusion)")
