@@ -23,8 +23,14 @@ class TrainConfig:
     # --- data (prepare_data.py writes data_dir/dataset)
     dataset: str = "default"
     data_dir: str = "data"
-    # U: train only on the first U train tokens, repeated (0: the whole train split)
+    # U: train only on U train tokens, repeated (0: the whole train split)
     unique_tokens: int = option(0, low=0)
+    # which U: start, the split's first U tokens (a few files); pieces, piece_tokens-long pieces of randomly chosen
+    # train documents (many files, as paper 1's random subset of C4), drawn by data_seed
+    unique_from: str = option("start", choices=("start", "pieces"))
+    piece_tokens: int = option(512, low=2)
+    # seeds the pieces' draw, apart from --seed: runs of several seeds train on the same U
+    data_seed: int = option(0, low=0)
     # training tokens = epochs x U; the learning-rate schedule spans them all
     epochs: float = option(16.0, above=0)
     # if > 0: train this many iterations instead of `epochs` (short runs and tests)

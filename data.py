@@ -88,9 +88,32 @@ def training_data(config):
     data_dir = os.path.join(config.data_dir, config.dataset)
     meta = portable_meta(load_meta(data_dir), data_dir)
     train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
-    tokens = train_tokens[:config.unique_tokens or len(train_tokens)]
-    spans = document_spans(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
+    if config.unique_from == "pieces" and config.unique_tokens:
+        tokens, spans = unique_pieces(train_tokens, meta.get("eot_id"), config)
+    else:
+        tokens = train_tokens[:config.unique_tokens or len(train_tokens)]
+        spans = document_spans(tokens, meta["eot_id"]) if config.epoch_order == "documents" else None
+    spans = spans if config.epoch_order == "documents" else None
     return meta, TrainingWindows(tokens, config.block_size, config.seed, spans), val_tokens
+
+
+def unique_pieces(train_tokens, eot_id, config):
+    """(U tokens, their pieces as spans): a piece of up to piece_tokens tokens at a random offset of each of randomly
+    ordered train documents, until there are U tokens (the last piece cut to fit), all drawn by data_seed. The U of
+    a run then spans many documents, where the split's first U tokens are a handful of files."""
+    U, rng = config.unique_tokens, np.random.default_rng([config.data_seed, config.unique_tokens])
+    documents = document_spans(train_tokens, eot_id)
+    pieces, total = [], 0
+    for d in rng.permutation(len(documents)):
+        start, end = documents[d]
+        length = min(config.piece_tokens, end - start, U - total)
+        offset = start + int(rng.integers(end - start - length + 1))
+        pieces.append(np.asarray(train_tokens[offset:offset + length]))
+        total += length
+        if total == U:
+            break
+    ends = np.cumsum([len(p) for p in pieces]).tolist()
+    return np.concatenate(pieces), list(zip([0, *ends[:-1]], ends))
 
 
 def tokenizer_name(meta):

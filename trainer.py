@@ -220,7 +220,8 @@ def eval_record(run, state, val_loss, grad_norm):
               "grad_norm": None if grad_norm is None else float(grad_norm),
               "lr": lr_at(max(state.iter - 1, 0), config, run.total_iters), "best_val": min(state.best_val, val_loss),
               "kind": run.objective.KIND, "tokenizer": tokenizer_name(run.meta), **run.objective.log_fields(config),
-              "unique_tokens": len(run.windows.tokens), "n_params": run.model.num_params(),
+              "unique_tokens": len(run.windows.tokens), "unique_from": config.unique_from,
+              "n_params": run.model.num_params(),
               "done": state.iter == run.total_iters,
               "elapsed_s": round(state.elapsed_before + time.time() - run.t_start, 1)}
     if run.meta["tokenizer"] == "bytes" and run.meta.get("eot_id") is None:  # one token is one byte of text

@@ -42,7 +42,7 @@ SCORES=${SCORES:---rescore_samples=128 --rescore_windows=256 --test_items=2500 -
 # 128 windows of 513 tokens per step (65K tokens), for every run of both kinds; the papers' dropout 0.1 on both;
 # the papers' loader's epoch order; 1,000 selection items scored at each of 20 evaluations.
 DROPOUT=${DROPOUT:-0.1}
-TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --mc_items=1000 --ckpt_interval=1000000000}
+TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_windows=64 --epoch_order=documents --unique_from=pieces --mc_items=1000 --ckpt_interval=1000000000}
 
 "$PYTHON" prepare_data.py --dataset=python --tokenizer=bpe --vocab_size="$VOCAB" --data_dir="$DATA_DIR" \
     --name="python_bpe$VOCAB"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from config import TrainConfig, parse_args
+from data import document_spans
 from lab.errors import UserError
 from model import ModelConfig, Transformer
 from tokenizer import portable_meta, same_tokenizer
@@ -158,12 +159,19 @@ def check_training_data(config, ckpt):
     if len(val_tokens) < config.block_size + 1:
         raise UserError(f"--block_size {config.block_size} is larger than the {len(val_tokens):,} val tokens "
                         f"in {data_dir}: use a smaller block_size or more data")
-    if config.epoch_order == "documents" and meta.get("eot_id") is None:
+    if config.unique_from == "pieces" and config.unique_tokens:
+        spans = document_spans(train_tokens, meta.get("eot_id"))
+        room = sum(min(config.piece_tokens, e - s) for s, e in spans)
+        if room < unique_tokens:
+            raise UserError(f"--unique_tokens {unique_tokens:,} is more than pieces of {config.piece_tokens} tokens "
+                            f"from the {len(spans):,} train documents of {data_dir} hold ({room:,}): raise "
+                            f"--piece_tokens, or use --unique_from=start")
+    if config.epoch_order == "documents" and meta.get("eot_id") is None and config.unique_from != "pieces":
         raise UserError(f"--epoch_order=documents needs data with document boundaries, and {data_dir} has none: "
                         f"prepare it with `python prepare_data.py --dataset python`")
     if ckpt is not None:
         check_run_data(ckpt, meta, data_dir)
-    tokens = train_tokens[:unique_tokens]
+    tokens = train_tokens if config.unique_from == "pieces" else train_tokens[:unique_tokens]  # where U comes from
     check_token_ids(tokens, meta, os.path.join(data_dir, "train.bin"))
     check_token_ids(val_tokens, meta, os.path.join(data_dir, "val.bin"))
 
