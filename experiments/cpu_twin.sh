@@ -17,7 +17,7 @@ VOCAB=${VOCAB:-1024}
 OUT=${OUT:-out/cpu_twin}
 US=${US:-37500 75000 150000}
 JOBS=${JOBS:-2}                                   # two single-thread runs at once: more tokens/s than one of two
-GRID=${GRID:---ar_per_token=0.5,3,12 --diffusion_per_token=1,3 --ar_epochs=3,8,20 --diffusion_epochs=25,75,225}
+GRID=${GRID:---ar_per_token=0.5,3,12 --diffusion_per_token=1,3 --ar_epochs=3,8,20 --diffusion_epochs=25,75,225 --bracket_rounds=3}
 SCORES=${SCORES:---rescore_samples=128 --rescore_windows=256 --test_items=2500 --test_samples=32}
 TRAIN=${TRAIN:---block_size=128 --batch_size=16 --dropout=0.1 --warmup_fraction=0.05 --epoch_order=documents --unique_from=pieces --eval_windows=32 --mc_items=1000 --mc_samples=2}
 

@@ -66,6 +66,11 @@ class ProtocolConfig(sweep.SweepConfig):  # every sweep option, these defaults, 
     test_items: int = option(2500, low=1)
     test_samples: int = option(32, low=1)
     test_seed: int = option(0, low=0)
+    # bracketing: after the grid, while a kind's best sits at an edge, add the setting past it (the next ladder shape,
+    # 2.5x the epochs), at most this many rounds, up to these caps
+    bracket_rounds: int = option(0, low=0)
+    bracket_max_epochs: float = option(2000.0, above=0)
+    bracket_max_width: int = option(1280, low=32)
 
 
 # ----------------------------------------------------------------------------- sizes by parameters per token
@@ -102,6 +107,56 @@ def sized_models(config):
                 raise UserError(f"give --{kind}_per_token or --{kind}_models: the {kind} grid has no size")
             models = list(dict.fromkeys(model_for(t, config.unique_tokens) for t in targets))
             setattr(config, f"{kind}_models", ",".join(models))
+
+
+# ----------------------------------------------------------------------------- bracketing each kind's best
+
+EPOCH_STEP = 2.5  # a setting past an epoch edge: 2.5x the most epochs, or the fewest / 2.5
+
+
+def bracket_next(best, config):
+    """({kind: {"models": [...], "epochs": [...]}} to add, {kind: "bracketed" or what stopped it}): for each edge a
+    kind's best sits at, the next setting past it, unless a cap stops it. A shorter run under --min_iters would
+    lower every run's batch (one batch rule), so that edge is left to the user."""
+    additions, status = {}, {}
+    for kind, b in best.items():
+        add, stops = {"models": [], "epochs": []}, []
+        models = [m for m in getattr(config, f"{kind}_models").split(",") if m]
+        epochs = list_items(f"{kind}_epochs", getattr(config, f"{kind}_epochs"), float)
+        widths = sorted(int(m.split("x")[1]) for m in models)
+        for edge in b["edges"]:
+            if edge in ("largest size", "one size only"):
+                wider = [w for w in LADDER_WIDTHS if w > widths[-1] and w <= config.bracket_max_width]
+                add["models"] += [f"{'x'.join(map(str, shape(wider[0])))}"] if wider else []
+                stops += [] if wider else [f"largest size (the ladder's cap, width {config.bracket_max_width})"]
+            if edge in ("smallest size", "one size only"):
+                narrower = [w for w in LADDER_WIDTHS if w < widths[0]]
+                add["models"] += [f"{'x'.join(map(str, shape(narrower[-1])))}"] if narrower else []
+                stops += [] if narrower else ["smallest size (the ladder's smallest shape)"]
+            if edge in ("most epochs", "one epoch count only"):
+                longer = round(max(epochs) * EPOCH_STEP)
+                add["epochs"] += [longer] if longer <= config.bracket_max_epochs else []
+                stops += [] if longer <= config.bracket_max_epochs else \
+                    [f"most epochs (the cap, {config.bracket_max_epochs:g})"]
+            if edge == "fewest epochs":
+                shorter = round(min(epochs) / EPOCH_STEP, 2)
+                allowed = shorter >= 1 and not config.min_iters
+                add["epochs"] += [shorter] if allowed else []
+                stops += [] if allowed else ["fewest epochs (" + ("one epoch" if shorter < 1 else "a shorter run would "
+                                             "lower every run's batch under --min_iters: extend it by hand") + ")"]
+        if add["models"] or add["epochs"]:
+            additions[kind] = add
+        status[kind] = "bracketed" if not b["edges"] else "; ".join(stops) if stops and kind not in additions \
+            else "at an edge: " + ", ".join(b["edges"])
+    return additions, status
+
+
+def widen(config, additions):
+    """The grid with the additions: new shapes and epoch counts in each kind's lists (finished runs are kept)."""
+    for kind, add in additions.items():
+        for key, new in (("models", add["models"]), ("epochs", [f"{e:g}" for e in add["epochs"]])):
+            old = [x for x in getattr(config, f"{kind}_{key}").split(",") if x]
+            setattr(config, f"{kind}_{key}", ",".join(dict.fromkeys(old + new)))
 
 
 # ----------------------------------------------------------------------------- scores, kept once computed
@@ -262,7 +317,8 @@ def verdict_lines(v, best):
     for kind, name in (("ar", "AR"), ("diffusion", "diffusion")):
         k = v["kinds"][kind]
         lines.append(f"  {sweep.describe_best(name, best[kind])}; {k['per_unique_token']:.2f} non-embedding "
-                     f"parameters per unique token, {k['flops']:.2e} training FLOPs")
+                     f"parameters per unique token, {k['flops']:.2e} training FLOPs; "
+                     f"{v.get('bracketing', {}).get(kind, 'bracketing not asked')}")
     gap = v["gap"]
     lines.append(f"  gap (L_diffusion - L_AR) / L_AR = {100 * gap:+.2f}%: {'diffusion' if gap < 0 else 'AR'} lower; "
                  f"diffusion's compute is {v['flops_over_c_crit']:.3g} x paper 1's C_crit(U) = {v['c_crit']:.2e}, "
@@ -274,6 +330,27 @@ def verdict_lines(v, best):
                      f"= {d:+.3f} +- {se:.3f} (paired, clustered by file; {t['items']} held-out items from "
                      f"{t['files']} files, diffusion at K = {t['diffusion_samples']})")
     return lines
+
+
+def grid_bests(config, extra):
+    """Train the grid (finished runs are kept), re-score every run's best.pt and find each kind's best setting:
+    (runs, rows, best), or None after a plan only or a spent time budget."""
+    trained = sweep.train_grid(config, extra)
+    if trained is None:
+        return None
+    runs, winners = trained
+    folders = sweep.run_folders(config, runs)
+    rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
+    setting_of = {r["name"]: r["setting"] for r in runs}
+    scores, device = Scores(os.path.join(config.out, "scores.json")), pick_device(runs[0]["train"].device)
+    print(f"scoring every run's best.pt at K = {config.rescore_samples} on {config.rescore_windows} windows",
+          flush=True)
+    with torch.no_grad():
+        rescore(rows, config.out, config, scores, device)
+    best = sweep.kind_bests(rows, setting_of, winners)
+    if "ar" not in best or "diffusion" not in best:
+        raise UserError("the protocol compares two kinds: give both an epoch count")
+    return runs, rows, best
 
 
 def main(argv=None):
@@ -292,23 +369,33 @@ def main(argv=None):
     root, config.out = config.out, os.path.join(config.out, f"u{config.unique_tokens}")
     print(f"U = {config.unique_tokens:,}: AR models {config.ar_models}, diffusion models {config.diffusion_models}; "
           f"runs in {config.out}", flush=True)
-    trained = sweep.train_grid(config, argv[split + 1:])
-    if trained is None:
-        return None
-    runs, winners = trained
-    folders = sweep.run_folders(config, runs)
-    rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
-    setting_of = {r["name"]: r["setting"] for r in runs}
+    extra, repeat_seeds = argv[split + 1:], config.repeat_seeds
+    if config.bracket_rounds:  # the winners' repeats once, after the last round
+        config.repeat_seeds = ""
+    for round_ in range(config.bracket_rounds + 1):
+        found = grid_bests(config, extra)
+        if found is None:
+            return None
+        additions, bracketing = bracket_next(found[-1], config)
+        if not additions or round_ == config.bracket_rounds:
+            break
+        widen(config, additions)
+        print(f"bracketing, round {round_ + 1}: adding " + "; ".join(
+            f"{kind} {', '.join(add['models'] + [f'{e:g} epochs' for e in add['epochs']])}"
+            for kind, add in additions.items()), flush=True)
+    for kind in additions:
+        bracketing[kind] = f"stopped by --bracket_rounds={config.bracket_rounds}; {bracketing[kind]}"
+    config.repeat_seeds = repeat_seeds
+    if repeat_seeds and config.bracket_rounds:
+        found = grid_bests(config, extra)
+        if found is None:
+            return None
+    runs, rows, best = found
     scores, device = Scores(os.path.join(config.out, "scores.json")), pick_device(runs[0]["train"].device)
-    print(f"scoring every run's best.pt at K = {config.rescore_samples} on {config.rescore_windows} windows",
-          flush=True)
     with torch.no_grad():
-        rescore(rows, config.out, config, scores, device)
-        best = sweep.kind_bests(rows, setting_of, winners)
-        if "ar" not in best or "diffusion" not in best:
-            raise UserError("the protocol compares two kinds: give both an epoch count")
         tests = downstream_test(rows, best, config.out, config, scores, device)
     result = verdict_of(rows, best, runs, config, tests)
+    result["bracketing"] = bracketing
     write_json(result, os.path.join(config.out, "verdict.json"))
     print("\n".join(verdict_lines(result, best)))
     print(f"verdict: {os.path.join(config.out, 'verdict.json')}; across U: python experiments/gap_vs_u.py {root}")

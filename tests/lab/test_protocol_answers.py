@@ -178,3 +178,31 @@ def test_compare_takes_each_kinds_best_run_of_several(tmp_path):
     line = [line for line in compare.verdict(rows).splitlines() if line.startswith("by validation loss")][0]
     assert line == ("by validation loss: AR lower, by 0.3000 nats/token (7.9% of diffusion's best; AR 3.5000 in "
                     "ar_large, diffusion 3.8000 in diffusion)")
+
+
+def bests(ar_edges, diffusion_edges):
+    return {"ar": {"edges": ar_edges}, "diffusion": {"edges": diffusion_edges}}
+
+
+def test_the_bracketing_rule_adds_the_setting_past_each_edge_and_nothing_inside():
+    config = protocol.ProtocolConfig(unique_tokens=37500, ar_models="2x64x2,2x128x1", diffusion_models="2x32x1,2x64x2",
+                                     ar_epochs="4,8,16", diffusion_epochs="150,400")
+    additions, status = protocol.bracket_next(bests([], ["largest size", "most epochs"]), config)
+    assert additions == {"diffusion": {"models": ["2x96x3"], "epochs": [1000]}}  # the next ladder width; 2.5 x 400
+    assert status == {"ar": "bracketed", "diffusion": "at an edge: largest size, most epochs"}
+    additions, _ = protocol.bracket_next(bests(["smallest size", "fewest epochs"], []), config)
+    assert additions == {"ar": {"models": ["2x48x1"], "epochs": [1.6]}}  # the ladder width below; 4 / 2.5
+    protocol.widen(config, additions)
+    assert (config.ar_models, config.ar_epochs) == ("2x64x2,2x128x1,2x48x1", "4,8,16,1.6")
+
+
+def test_a_cap_stops_the_bracketing_and_is_named():
+    config = protocol.ProtocolConfig(unique_tokens=37500, ar_models="2x64x2", diffusion_models="20x1280x20",
+                                     ar_epochs="4", diffusion_epochs="1000", bracket_max_epochs=2000, min_iters=100)
+    additions, status = protocol.bracket_next(bests(["fewest epochs"], ["largest size", "most epochs"]), config)
+    assert additions == {}
+    assert status["diffusion"] == "largest size (the ladder's cap, width 1280); most epochs (the cap, 2000)"
+    assert status["ar"].startswith("fewest epochs (a shorter run would lower every run's batch under --min_iters")
+    config.min_iters, config.ar_epochs = 0, "2"
+    additions, status = protocol.bracket_next(bests(["fewest epochs"], []), config)
+    assert additions == {} and status["ar"] == "fewest epochs (one epoch)"  # 2 / 2.5 is under one epoch
