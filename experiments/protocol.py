@@ -67,10 +67,11 @@ class ProtocolConfig(sweep.SweepConfig):  # every sweep option, these defaults, 
     test_samples: int = option(32, low=1)
     test_seed: int = option(0, low=0)
     # bracketing: after the grid, while a kind's best sits at an edge, add the setting past it (the next ladder shape,
-    # 2.5x the epochs), at most this many rounds, up to these caps
+    # 2.5x the epochs), at most this many rounds, up to these caps (the most epochs, each kind's widest model)
     bracket_rounds: int = option(0, low=0)
     bracket_max_epochs: float = option(2000.0, above=0)
-    bracket_max_width: int = option(1280, low=32)
+    ar_max_width: int = option(1280, low=32)
+    diffusion_max_width: int = option(1280, low=32)
 
 
 # ----------------------------------------------------------------------------- sizes by parameters per token
@@ -126,9 +127,10 @@ def bracket_next(best, config):
         widths = sorted(int(m.split("x")[1]) for m in models)
         for edge in b["edges"]:
             if edge in ("largest size", "one size only"):
-                wider = [w for w in LADDER_WIDTHS if w > widths[-1] and w <= config.bracket_max_width]
+                cap = getattr(config, f"{kind}_max_width")
+                wider = [w for w in LADDER_WIDTHS if w > widths[-1] and w <= cap]
                 add["models"] += [f"{'x'.join(map(str, shape(wider[0])))}"] if wider else []
-                stops += [] if wider else [f"largest size (the ladder's cap, width {config.bracket_max_width})"]
+                stops += [] if wider else [f"largest size (the cap, --{kind}_max_width={cap})"]
             if edge in ("smallest size", "one size only"):
                 narrower = [w for w in LADDER_WIDTHS if w < widths[0]]
                 add["models"] += [f"{'x'.join(map(str, shape(narrower[-1])))}"] if narrower else []

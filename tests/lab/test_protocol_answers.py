@@ -201,8 +201,16 @@ def test_a_cap_stops_the_bracketing_and_is_named():
                                      ar_epochs="4", diffusion_epochs="1000", bracket_max_epochs=2000, min_iters=100)
     additions, status = protocol.bracket_next(bests(["fewest epochs"], ["largest size", "most epochs"]), config)
     assert additions == {}
-    assert status["diffusion"] == "largest size (the ladder's cap, width 1280); most epochs (the cap, 2000)"
+    assert status["diffusion"] == "largest size (the cap, --diffusion_max_width=1280); most epochs (the cap, 2000)"
     assert status["ar"].startswith("fewest epochs (a shorter run would lower every run's batch under --min_iters")
     config.min_iters, config.ar_epochs = 0, "2"
     additions, status = protocol.bracket_next(bests(["fewest epochs"], []), config)
     assert additions == {} and status["ar"] == "fewest epochs (one epoch)"  # 2 / 2.5 is under one epoch
+
+
+def test_each_kind_has_its_own_width_cap():
+    config = protocol.ProtocolConfig(unique_tokens=37500, ar_models="3x192x3", diffusion_models="2x128x2",
+                                     ar_epochs="8", diffusion_epochs="400", ar_max_width=256, diffusion_max_width=128)
+    additions, status = protocol.bracket_next(bests(["largest size"], ["largest size"]), config)
+    assert additions == {"ar": {"models": ["4x256x4"], "epochs": []}}
+    assert status["diffusion"] == "largest size (the cap, --diffusion_max_width=128)"
