@@ -63,20 +63,20 @@ def item_set(val_tokens, meta, which, seed=0):
 
 def build_items(val_tokens, n_items, context_len, continuation_len, n_choices=4, seed=0, files=None):
     """n_items items from the given files of val_tokens ((start, end) spans; default: all of it as one), the same
-    for the same arguments. An item lies inside one file: its context is val[s : s + C] and its true continuation
-    the L tokens after it; each distractor is L tokens from another position of the same files that does not
+    for the same arguments; n_items = 0: every non-overlapping item, each file cut into C + L token pieces in order.
+    An item lies inside one file: its context is val[s : s + C] and its true continuation the L tokens after it; each distractor is L tokens from another position of the same files that does not
     overlap the true one and differs from it and from the other distractors. Items.files names each item's file,
     the clusters of a standard error."""
     val = np.asarray(val_tokens, dtype=np.int64)
     files = files if files is not None else [(0, len(val))]
     C, L = context_len, continuation_len
-    starts, file_of = within_files(files, C + L)
+    starts, file_of = within_files(files, C + L, stride=1 if n_items else C + L)
     piece_starts, _ = within_files(files, L)  # where a distractor may start: inside one file of the set
     if sum(e - s for s, e in files) < 4 * (C + L) or len(starts) < n_items:
         raise ValueError(f"the val split's item files ({sum(e - s for s, e in files):,} tokens) are too short for "
                         f"{n_items} items of {C} + {L} tokens: use fewer items or shorter ones")
     rng = np.random.default_rng([seed, n_items, C, L, n_choices])
-    picked = np.sort(rng.choice(len(starts), size=n_items, replace=False))
+    picked = np.sort(rng.choice(len(starts), size=n_items, replace=False)) if n_items else np.arange(len(starts))
     contexts, choices, answers = [], [], []
     for s in starts[picked]:
         true = val[s + C:s + C + L]
@@ -100,9 +100,9 @@ def build_items(val_tokens, n_items, context_len, continuation_len, n_choices=4,
                  torch.tensor(answers), torch.from_numpy(file_of[picked]))
 
 
-def within_files(files, length):
-    """(every start of `length` tokens that lies inside one file, the index of that file), as arrays."""
-    starts = [np.arange(s, e - length + 1) for s, e in files]
+def within_files(files, length, stride=1):
+    """(every stride-th start of `length` tokens that lies inside one file, the index of that file), as arrays."""
+    starts = [np.arange(s, e - length + 1, stride) for s, e in files]
     return (np.concatenate(starts + [np.zeros(0, dtype=np.int64)]).astype(np.int64),
             np.concatenate([np.full(len(a), f) for f, a in enumerate(starts)] + [np.zeros(0, dtype=np.int64)]))
 

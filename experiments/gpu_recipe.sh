@@ -35,6 +35,7 @@ AR_OPTIONS=${AR_OPTIONS:-}
 DIFFUSION_OPTIONS=${DIFFUSION_OPTIONS:-}
 LR=${LR:-1e-3}                                # one learning rate for both kinds, as in paper 1
 REPEAT_SEEDS=${REPEAT_SEEDS:-}                # each kind's best setting again with these seeds, e.g. 2,3
+CHECKS=${CHECKS:-}                            # checks at each kind's best, e.g. --check_lr_factors=0.5,2
 MIN_ITERS=${MIN_ITERS:-100}                   # the one step is lowered until the shortest run takes this many
 JOBS=${JOBS:-0}                               # runs at once (0: as many as the GPU's memory holds)
 IN_PIECES=${IN_PIECES:-0}                     # 1: no refusal; stop at BUDGET, checkpointed, and continue next call
@@ -49,11 +50,11 @@ TRAIN=${TRAIN:---block_size=512 --batch_size=128 --warmup_fraction=0.05 --eval_w
 left=$((BUDGET - ($(date +%s) - t0)))
 budget="--budget_s=$left"                      # a plan over the budget is refused, naming a U that fits
 [ "$IN_PIECES" = 1 ] && budget="--time_budget_s=$((left - 60))"  # a minute kept for the last saves
-# shellcheck disable=SC2086  # TRAIN and SCORES are lists of options
+# shellcheck disable=SC2086  # CHECKS, TRAIN and SCORES are lists of options
 "$PYTHON" experiments/protocol.py --unique_tokens="$U" --out="$OUT" --evals=20 --jobs="$JOBS" --measure_steps=10 \
     "$budget" --min_iters="$MIN_ITERS" --repeat_seeds="$REPEAT_SEEDS" --status_every_s=30 \
     --ar_per_token="$AR_PER_TOKEN" --diffusion_per_token="$DIFFUSION_PER_TOKEN" --ar_epochs="$AR_EPOCHS" \
     --diffusion_epochs="$DIFFUSION_EPOCHS" --ar_variants="$AR_VARIANTS" --ar_options="$AR_OPTIONS" \
-    --diffusion_options="$DIFFUSION_OPTIONS" $SCORES \
+    --diffusion_options="$DIFFUSION_OPTIONS" $CHECKS $SCORES \
     -- --data_dir="$DATA_DIR" --dataset="python_bpe$VOCAB" --lr="$LR" --dropout="$DROPOUT" $TRAIN
 echo "recipe: $(( $(date +%s) - t0 ))s in all (BUDGET ${BUDGET}s)"

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import compare  # noqa: E402
 import downstream  # noqa: E402
 import evaluate  # noqa: E402
+import frontier  # noqa: E402
 import sweep  # noqa: E402
 from lab.errors import UserError, run_cli  # noqa: E402
 from config import option  # noqa: E402
@@ -62,8 +63,9 @@ class ProtocolConfig(sweep.SweepConfig):  # every sweep option, these defaults, 
     # the final scores: K of diffusion's ELBO and the validation windows every run's best.pt is scored on
     rescore_samples: int = option(128, low=1)
     rescore_windows: int = option(256, low=1)
-    # the downstream test: items from the held-out val files, diffusion's K, and which items
-    test_items: int = option(2500, low=1)
+    # the downstream test: items from the held-out val files (0: every non-overlapping one), diffusion's K, and which
+    # items; fixed in OUT/u<U>/preregistered.json at the first start, before any winner is known
+    test_items: int = option(2500, low=0)
     test_samples: int = option(32, low=1)
     test_seed: int = option(0, low=0)
     # bracketing: after the grid, while a kind's best sits at an edge, add the setting past it (the next ladder shape,
@@ -72,6 +74,12 @@ class ProtocolConfig(sweep.SweepConfig):  # every sweep option, these defaults, 
     bracket_max_epochs: float = option(2000.0, above=0)
     ar_max_width: int = option(1280, low=32)
     diffusion_max_width: int = option(1280, low=32)
+    # checks at each kind's best once bracketed, each its own run: windows per optimizer step, lr (and min lr) times
+    # each factor, and weight decays
+    check_batch_sizes: str = option("", items=int, low=1)
+    check_lr_factors: str = option("", items=float, above=0)
+    ar_check_weight_decays: str = option("", items=float, low=0)
+    diffusion_check_weight_decays: str = option("", items=float, low=0)
 
 
 # ----------------------------------------------------------------------------- sizes by parameters per token
@@ -159,6 +167,82 @@ def widen(config, additions):
         for key, new in (("models", add["models"]), ("epochs", [f"{e:g}" for e in add["epochs"]])):
             old = [x for x in getattr(config, f"{kind}_{key}").split(",") if x]
             setattr(config, f"{kind}_{key}", ",".join(dict.fromkeys(old + new)))
+
+
+# ----------------------------------------------------------------------------- checks and seeds at the bests
+
+def check_runs(config, extra, best):
+    """Each kind's best setting again with one thing changed, each its own run (OUT/<kind>_<model>_<check>_e<epochs>):
+    its batch (windows per optimizer step, outside the grid's one batch rule), its lr x each factor, its weight
+    decay. Returns run dicts as sweep.make_grid's; a run whose setting equals the best's is left out."""
+    grid = {r["name"]: r for r in sweep.make_grid(config, extra)}
+    runs = []
+    for kind, b in best.items():
+        base = grid[b["run"]]
+        train, _ = sweep.training_config(base["options"])
+        _, model, variant, epochs = base["setting"]
+        checks = [(f"b{n}", [], n) for n in list_items("check_batch_sizes", config.check_batch_sizes, int)]
+        checks += [(f"lr{f:g}x", [f"--lr={train.lr * f:g}"], None)
+                   for f in list_items("check_lr_factors", config.check_lr_factors, float) if f != 1]
+        checks += [(f"wd{wd:g}", [f"--weight_decay={wd:g}"], None) for wd in list_items(
+            f"{kind}_check_weight_decays", getattr(config, f"{kind}_check_weight_decays"), float)
+            if wd != train.weight_decay]
+        for tag, options, step in checks:
+            tag = "_".join(p for p in (variant, tag) if p)
+            runs.append({"name": "_".join(p for p in (kind, model, tag, f"e{epochs:g}") if p), "kind": kind,
+                         "setting": (kind, model, tag, epochs), "options": base["options"] + options, "seed": None,
+                         **({"step": step} if step else {})})
+    return [r for r in runs if not (r.get("step") and r["step"] == grid_step(config, extra))]
+
+
+def grid_step(config, extra):
+    """The windows per optimizer step that the grid's one batch rule gives every grid run."""
+    grid = sweep.make_grid(config, extra)
+    sweep.size_runs(grid, config)
+    return grid[0]["train"].batch_size * grid[0]["train"].grad_accum
+
+
+def seed_runs(runs, best, seeds):
+    """Each kind's best setting again with each seed: run dicts, OUT/<its run>_s<seed>."""
+    settings = {b["setting"] for b in best.values()}
+    return [sweep.with_seed(dict(r, options=r["options"]), seed) for r in runs
+            if r["setting"] in settings and r.get("seed") is None for seed in seeds]
+
+
+# ----------------------------------------------------------------------------- the pre-registered test
+
+PREREGISTERED = ("test_items", "test_samples", "test_seed", "rescore_samples", "rescore_windows")
+RULES = ["best validation loss: best.pt of each kind's best setting (its first seed)",
+         "best selection-item accuracy: best_choice.pt of each kind's run that peaked highest on the selection items"]
+
+
+def preregister(config):
+    """OUT/u<U>/preregistered.json: the downstream test's rules and items and the scoring, written at the first start,
+    before any run has trained; a later start that asks for other values is refused, so that nothing is chosen after
+    the winners are known."""
+    path = os.path.join(config.out, "preregistered.json")
+    wanted = {"rules": RULES, **{key: getattr(config, key) for key in PREREGISTERED}}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                recorded = json.load(f)
+        except ValueError:
+            raise UserError(f"{path} is damaged (not JSON): the pre-registered rules cannot be read; restore it or "
+                            f"start a new --out") from None
+        changed = [f"--{key}={recorded.get(key)} (asked: {wanted[key]})" for key in PREREGISTERED
+                   if recorded.get(key) != wanted[key]]
+        if changed or recorded.get("rules") != RULES:
+            raise UserError(f"the downstream test was pre-registered in {path} with " + (", ".join(changed) or
+                            "other rules") + ": it is fixed before the winners are known; run with the recorded "
+                            "values, or start a new --out")
+        return recorded
+    known = [name for name in ("scores.json", "verdict.json") if os.path.exists(os.path.join(config.out, name))]
+    if known:
+        raise UserError(f"{config.out} already holds {known[0]} but no preregistered.json: its winners may be known, "
+                        f"so its test can no longer be pre-registered; start a new --out")
+    os.makedirs(config.out, exist_ok=True)
+    write_json(wanted, path)
+    return wanted
 
 
 # ----------------------------------------------------------------------------- scores, kept once computed
@@ -303,6 +387,12 @@ def verdict_of(rows, best, runs, config, tests):
                        "schedule_fraction": b["best_epoch"] / b["epochs"], "score": b["mean"], "std": b["std"],
                        "seeds": b["n"], "edges": b["edges"], "params": run["params"],
                        "per_unique_token": run["per_unique_token"], "flops": run["flops_per_token"] * run["tokens"]}
+    settings = []
+    for r in rows:  # every run's own number, for the table and the frontier plot
+        run = by_name[r["run"]]
+        settings.append({"run": r["run"], "kind": r["kind"], "setting": " ".join(p for p in run["setting"][1:-1] if p),
+                         "epochs": run["setting"][-1], "best_epoch": r["best_epoch"], "score": r["score"],
+                         "flops_per_token": run["flops_per_token"], "flops": run["flops_per_token"] * run["tokens"]})
     c_crit = critical_flops(config.unique_tokens)
     flops = kinds["diffusion"]["flops"]
     return {"unique_tokens": config.unique_tokens, "tokenizer": rows[0]["tokenizer"],
@@ -310,7 +400,8 @@ def verdict_of(rows, best, runs, config, tests):
             "tokens_per_step": sorted({r["tokens_per_step"] for r in runs}), "kinds": kinds,
             "gap": (kinds["diffusion"]["score"] - kinds["ar"]["score"]) / kinds["ar"]["score"],
             "c_crit": c_crit, "flops_over_c_crit": flops / c_crit,
-            "paper1_predicts": "diffusion lower" if flops > c_crit else "AR lower", "downstream": tests}
+            "paper1_predicts": "diffusion lower" if flops > c_crit else "AR lower", "downstream": tests,
+            "runs": settings}
 
 
 def verdict_lines(v, best):
@@ -334,13 +425,20 @@ def verdict_lines(v, best):
     return lines
 
 
-def grid_bests(config, extra):
-    """Train the grid (finished runs are kept), re-score every run's best.pt and find each kind's best setting:
-    (runs, rows, best), or None after a plan only or a spent time budget."""
-    trained = sweep.train_grid(config, extra)
+def grid_bests(config, extra, more=(), chosen=None):
+    """Train the grid and the runs in `more` (finished runs are kept), re-score every run's best.pt and find each
+    kind's best setting (with `chosen`, {kind: setting}, that setting over its seeds): (runs, rows, best), or None
+    after a plan only or a spent time budget."""
+    finished = all(sweep.run_is_finished(os.path.join(config.out, r["name"]))
+                   for r in sweep.make_grid(config, extra) + list(more))
+    plan_only, config.plan_only = config.plan_only, config.plan_only and not finished  # a finished stage is scored
+    try:
+        trained = sweep.train_grid(config, extra, more)
+    finally:
+        config.plan_only = plan_only
     if trained is None:
         return None
-    runs, winners = trained
+    runs, _ = trained
     folders = sweep.run_folders(config, runs)
     rows = compare.main(folders + [f"--plot={config.plot or os.path.join(config.out, 'compare.png')}", "--xscale=log"])
     setting_of = {r["name"]: r["setting"] for r in runs}
@@ -349,10 +447,29 @@ def grid_bests(config, extra):
           flush=True)
     with torch.no_grad():
         rescore(rows, config.out, config, scores, device)
-    best = sweep.kind_bests(rows, setting_of, winners)
+    best = sweep.kind_bests(rows, setting_of, chosen)
     if "ar" not in best or "diffusion" not in best:
         raise UserError("the protocol compares two kinds: give both an epoch count")
     return runs, rows, best
+
+
+def bracketed_bests(config, extra):
+    """The grid, widened round by round while a kind's best sits at an edge: (runs, rows, best, {kind: bracketing})
+    or None."""
+    for round_ in range(config.bracket_rounds + 1):
+        found = grid_bests(config, extra)
+        if found is None:
+            return None
+        additions, bracketing = bracket_next(found[-1], config)
+        if not additions or round_ == config.bracket_rounds:
+            break
+        widen(config, additions)
+        print(f"bracketing, round {round_ + 1}: adding " + "; ".join(
+            f"{kind} {', '.join(add['models'] + [f'{e:g} epochs' for e in add['epochs']])}"
+            for kind, add in additions.items()), flush=True)
+    for kind in additions:
+        bracketing[kind] = f"stopped by --bracket_rounds={config.bracket_rounds}; {bracketing[kind]}"
+    return (*found, bracketing)
 
 
 def main(argv=None):
@@ -371,28 +488,33 @@ def main(argv=None):
     root, config.out = config.out, os.path.join(config.out, f"u{config.unique_tokens}")
     print(f"U = {config.unique_tokens:,}: AR models {config.ar_models}, diffusion models {config.diffusion_models}; "
           f"runs in {config.out}", flush=True)
-    extra, repeat_seeds = argv[split + 1:], config.repeat_seeds
-    if config.bracket_rounds:  # the winners' repeats once, after the last round
-        config.repeat_seeds = ""
-    for round_ in range(config.bracket_rounds + 1):
-        found = grid_bests(config, extra)
+    extra, seeds = argv[split + 1:], list_items("repeat_seeds", config.repeat_seeds, int)
+    config.repeat_seeds = ""  # the protocol repeats each kind's final best itself, after the checks
+    if not config.plan_only:
+        sweep.size_runs(sweep.make_grid(config, extra), config)  # every run's options checked before it is written
+        preregister(config)
+    found = bracketed_bests(config, extra)
+    if found is None:
+        return None
+    runs, rows, best, bracketing = found
+    checks = check_runs(config, extra, best)
+    if checks:
+        print("checks at each kind's best: " + ", ".join(r["name"] for r in checks), flush=True)
+        found = grid_bests(config, extra, checks)
         if found is None:
             return None
-        additions, bracketing = bracket_next(found[-1], config)
-        if not additions or round_ == config.bracket_rounds:
-            break
-        widen(config, additions)
-        print(f"bracketing, round {round_ + 1}: adding " + "; ".join(
-            f"{kind} {', '.join(add['models'] + [f'{e:g} epochs' for e in add['epochs']])}"
-            for kind, add in additions.items()), flush=True)
-    for kind in additions:
-        bracketing[kind] = f"stopped by --bracket_rounds={config.bracket_rounds}; {bracketing[kind]}"
-    config.repeat_seeds = repeat_seeds
-    if repeat_seeds and config.bracket_rounds:
-        found = grid_bests(config, extra)
+        runs, rows, best = found
+    if seeds:
+        repeats = seed_runs(runs, best, seeds)
+        print(f"each kind's best setting again with seeds {seeds}: " + ", ".join(r["name"] for r in repeats),
+              flush=True)
+        found = grid_bests(config, extra, checks + repeats, {kind: b["setting"] for kind, b in best.items()})
         if found is None:
             return None
-    runs, rows, best = found
+        runs, rows, best = found
+    if config.plan_only:
+        print("every run of the plan has finished: nothing is left to train")
+        return None
     scores, device = Scores(os.path.join(config.out, "scores.json")), pick_device(runs[0]["train"].device)
     with torch.no_grad():
         tests = downstream_test(rows, best, config.out, config, scores, device)
@@ -400,6 +522,8 @@ def main(argv=None):
     result["bracketing"] = bracketing
     write_json(result, os.path.join(config.out, "verdict.json"))
     print("\n".join(verdict_lines(result, best)))
+    if frontier.plot(config.out, result, os.path.join(config.out, "frontier.png")):
+        print(f"loss against compute, each kind's envelope: {os.path.join(config.out, 'frontier.png')}")
     print(f"verdict: {os.path.join(config.out, 'verdict.json')}; across U: python experiments/gap_vs_u.py {root}")
     return result
 

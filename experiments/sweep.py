@@ -172,15 +172,16 @@ def size_runs(grid, config):
         run["train"], run["meta"] = training_config(run["options"])
         windows = (min(config.unique_tokens, run["meta"]["train_tokens"]) - 1) // run["train"].block_size
         run["windows_total"] = math.ceil(run["setting"][-1] * windows)  # the setting ends with the epochs
-    step = min((r["train"].batch_size * r["train"].grad_accum for r in grid), default=1)
-    if config.min_iters and grid:
-        step = max(1, min(step, min(r["windows_total"] for r in grid) // config.min_iters))
+    ruled = [r for r in grid if not r.get("step")]  # a run with its own "step" (a batch check) keeps it
+    step = min((r["train"].batch_size * r["train"].grad_accum for r in ruled), default=1)
+    if config.min_iters and ruled:
+        step = max(1, min(step, min(r["windows_total"] for r in ruled) // config.min_iters))
     for run in grid:
-        train = run["train"]
-        if step >= train.batch_size:
-            train.grad_accum = step // train.batch_size
+        train, windows = run["train"], run.get("step") or step
+        if windows >= train.batch_size:
+            train.grad_accum = windows // train.batch_size
         else:
-            train.batch_size, train.grad_accum = step, 1
+            train.batch_size, train.grad_accum = windows, 1
         run["options"] = run["options"] + [f"--grad_accum={train.grad_accum}", f"--batch_size={train.batch_size}"]
         with torch.device("meta"):  # sizes only: no memory, no initialisation
             net = Transformer(ModelConfig(n_vocab=run["meta"]["n_vocab"], block_size=train.block_size,
@@ -196,13 +197,16 @@ def size_runs(grid, config):
 
 def batch_rule(grid, config):
     """The plan's line on the one batch rule (each run's tokens per step, and the fewest steps a run takes)."""
-    steps = sorted({run["tokens_per_step"] for run in grid})
-    shortest = min(grid, key=lambda r: r["iters"])
+    ruled = [run for run in grid if not run.get("step")] or grid  # a batch check keeps its own
+    steps = sorted({run["tokens_per_step"] for run in ruled})
+    checks = sorted({run["tokens_per_step"] for run in grid if run.get("step")})
+    shortest = min(ruled, key=lambda r: r["iters"])
     same = f"{steps[0]:,} tokens per optimizer step for every run" if len(steps) == 1 else \
         f"tokens per optimizer step differ between runs ({', '.join(f'{s:,}' for s in steps)}): give both kinds one"
     return (f"batch rule: {same}" + (f" (lowered until each run takes at least {config.min_iters} steps)"
                                      if config.min_iters else "") + f"; the shortest run, {shortest['name']}, "
-            f"takes {shortest['iters']:,} steps")
+            f"takes {shortest['iters']:,} steps" + (f"; batch checks at {', '.join(f'{c:,}' for c in checks)} tokens "
+                                                     f"per step" if checks else ""))
 
 
 def measure(kind, train, meta, steps, warmup=3):
@@ -261,9 +265,10 @@ def repeats_seconds(grid, config):
 def print_plan(grid, config, peak, startup_s):
     """The plan's table and its total; with a measured or assumed rate, each run's minutes."""
     timed = all(run["seconds"] is not None for run in grid)
+    left = [run for run in grid if not run_is_finished(os.path.join(config.out, run["name"]))]
     print(f"{'run':<30} {'params':>8} {'per U':>6} {'FLOPs/tok':>10} {'tokens':>12} {'FLOPs':>9} {'steps':>6} "
           f"{'tok/step':>8}" + (f" {'tok/s':>10} {'MFU':>6} {'min':>6}" if timed else ""))
-    for run in grid:
+    for run in left:  # a finished run is not planned again
         line = (f"{run['name']:<30} {run['params'] / 1e6:>7.2f}M {run['per_unique_token']:>6.2f} "
                 f"{run['flops_per_token'] / 1e6:>9.1f}M {run['tokens']:>12,} "
                 f"{run['flops_per_token'] * run['tokens']:>9.2e} {run['iters']:>6,} {run['tokens_per_step']:>8,}")
@@ -275,11 +280,13 @@ def print_plan(grid, config, peak, startup_s):
           "3.5)")
     if grid:
         print(batch_rule(grid, config))
-    total_flops = sum(run["flops_per_token"] * run["tokens"] for run in grid)
-    text = f"plan: {len(grid)} runs, {total_flops:.2e} training FLOPs"
+    total_flops = sum(run["flops_per_token"] * run["tokens"] for run in left)
+    done = f" ({len(grid) - len(left)} finished; what follows counts the {len(left)} left)" if len(left) < len(grid) \
+        else ""
+    text = f"plan: {len(grid)} runs{done}, {total_flops:.2e} training FLOPs"
     if timed:
         repeats = repeats_seconds(grid, config)
-        text += (f", about {plan_seconds(grid, config, startup_s) / 60:.1f} min in all: the runs counted one after "
+        text += (f", about {plan_seconds(left, config, startup_s) / 60:.1f} min in all: the runs counted one after "
                  f"another, evaluations included" + (f", the repeats at most {repeats / 60:.1f} min" if repeats
                                                      else "") + f", {startup_s:.0f} s to plan and start")
     print(text, flush=True)
@@ -483,12 +490,13 @@ def run_folders(config, runs):
     return [os.path.join(config.out, r["name"]) for r in runs]
 
 
-def train_grid(config, extra):
-    """Plan the grid, train every run (and with --repeat_seeds each kind's winner again); returns (runs, the
-    repeated winners or None) once every run has finished, None after a plan only or a spent time budget."""
+def train_grid(config, extra, more=()):
+    """Plan the grid and the runs in `more` (run dicts as make_grid's), train every run (and with --repeat_seeds
+    each kind's winner again); returns (runs, the repeated winners or None) once every run has finished, None after
+    a plan only or a spent time budget."""
     list_items("repeat_seeds", config.repeat_seeds, int)
     t_plan = time.time()
-    grid = make_grid(config, extra)
+    grid = make_grid(config, extra) + [dict(run) for run in more]
     jobs = plan(grid, config)
     if config.plan_only:
         return None

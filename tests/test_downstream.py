@@ -131,3 +131,20 @@ def test_gen_ppl_prefers_what_the_reference_learned_and_entropy_flags_repetition
     assert rows[0]["gen_ppl"] < min(r["gen_ppl"] for r in rows[1:])
     with pytest.raises(ValueError, match="must be AR"):
         sample_quality.main([f"--ref={tmp_path / 'diffusion'}", f"--runs={tmp_path / 'ar'}"])
+
+
+def test_zero_items_means_every_non_overlapping_item_inside_its_file():
+    val = val_tokens()
+    files = [(0, 300), (300, 650), (650, len(val))]
+    items = downstream.build_items(val, 0, 16, 8, seed=1, files=files)
+    expected = sum((e - s) // 24 for s, e in files)  # each file cut into 16 + 8 token pieces, in order
+    assert len(items.answers) == expected
+    starts = []
+    for ctx, choices, answer, f in zip(items.contexts.numpy(), items.choices.numpy(), items.answers.numpy(),
+                                       items.files.numpy()):
+        window = np.concatenate([ctx, choices[answer]])
+        s, e = files[f]
+        found = [p for p in range(s, e - 23) if np.array_equal(val[p:p + 24], window)]
+        assert found, "an item outside its file"
+        starts.append(found[0])
+    assert all(b - a >= 24 for a, b in zip(starts, starts[1:]))  # no two items share a token

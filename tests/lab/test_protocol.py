@@ -178,26 +178,35 @@ def test_two_values_of_u_end_to_end_through_the_gpu_recipe_on_a_cpu(tmp_path):
                PYTHON=sys.executable, SCORES="--rescore_samples=4 --rescore_windows=6 --test_items=60 --test_samples=2",
                TRAIN="--block_size=32 --batch_size=16 --eval_windows=4 --elbo_samples=2 --device=cpu --mc_items=20")
     for u in (2000, 4000):
-        repeats = "2" if u == 2000 else ""  # the first U also runs each kind's winner again with seed 2
+        repeats = "2" if u == 2000 else ""  # the first U also checks lr x2 and runs each kind's winner with seed 2
+        checks = "--check_lr_factors=2" if u == 2000 else ""
         result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_recipe.sh")],
-                                env=dict(env, U=str(u), REPEAT_SEEDS=repeats), capture_output=True, text=True,
+                                env=dict(env, U=str(u), REPEAT_SEEDS=repeats, CHECKS=checks), capture_output=True,
+                                text=True,
                                 timeout=3000)  # a slow or loaded host is allowed: ten times the idle time
         assert result.returncode == 0, result.stderr[-2000:]
         out = result.stdout
-        plan = [line.split() for line in out.splitlines() if line.startswith(("ar_", "diffusion_")) and
+        first_plan = out[:out.index("per U:")]  # later stages plan only their own runs
+        plan = [line.split() for line in first_plan.splitlines() if line.startswith(("ar_", "diffusion_")) and
                 len(line.split()) == 11]
         assert len(plan) == 4 and all(float(row[8].replace(",", "")) > 0 for row in plan)  # measured tokens/s
         assert "tokens per optimizer step for every run (lowered until each run takes at least 8 steps)" in out
         folder = tmp_path / "out" / f"u{u}"
         v = json.load(open(folder / "verdict.json"))
         runs = sorted(d for d in os.listdir(folder) if os.path.isdir(folder / d))
-        assert len(runs) == (6 if repeats else 4) and v["rescore_samples"] == 4 and v["rescore_windows"] == 6
+        # with checks and seeds: each kind's best again at lr x2, then the final best again with seed 2
+        assert len(runs) == (8 if repeats else 4) and v["rescore_samples"] == 4 and v["rescore_windows"] == 6
+        assert sum("_lr2x_" in r and not r.endswith("_s2") for r in runs) == (2 if checks else 0)
+        assert {r["run"] for r in v["runs"]} == set(runs)
+        assert json.load(open(folder / "preregistered.json"))["test_items"] == 60
+        assert os.path.getsize(folder / "frontier.png") > 0
         steps = set()
         for run in runs:
             config = torch.load(folder / run / "ckpt.pt", weights_only=False)["config"]
             log = [json.loads(line) for line in open(folder / run / "log.jsonl")]
             steps.add(config["batch_size"] * config["grad_accum"])
-            assert log[-1]["iter"] >= 8 and config["lr"] == 1e-3 and os.path.exists(folder / run / "best_choice.pt")
+            assert log[-1]["iter"] >= 8 and os.path.exists(folder / run / "best_choice.pt")
+            assert config["lr"] == (2e-3 if "_lr2x_" in run else 1e-3)
         # one step for both kinds: the largest that gives the shortest run (1 epoch of AR) at least 8 steps
         assert steps == {min(16, (u - 1) // 32 // 8)} and v["tokens_per_step"] == [32 * steps.pop()]
         scores = json.load(open(folder / "scores.json"))

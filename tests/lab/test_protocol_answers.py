@@ -65,7 +65,8 @@ def grid(tmp_path, monkeypatch):
              "best_acc": BEST_ACC[run], "tokenizer": "bytes-256"} for run, (kind, _, params, epochs) in GRID.items()]
     setting_of = {run: (kind, label, epochs) for run, (kind, label, _, epochs) in GRID.items()}
     runs = [{"name": run, "params": params, "per_unique_token": params / 2000, "flops_per_token": 6 * params,
-             "tokens": 2000 * epochs, "tokens_per_step": 512} for run, (_, _, params, epochs) in GRID.items()]
+             "tokens": 2000 * epochs, "tokens_per_step": 512, "setting": setting_of[run]}
+            for run, (_, _, params, epochs) in GRID.items()]
     config = protocol.ProtocolConfig(unique_tokens=2000, rescore_samples=4, rescore_windows=8, test_items=6)
     return tmp_path, rows, setting_of, runs, config
 
@@ -97,6 +98,8 @@ def test_the_verdict_of_a_grid_whose_every_number_is_known(grid):
     assert by_accuracy["ar_minus_diffusion"] == pytest.approx(0.0) and by_accuracy["se"] == pytest.approx(
         math.sqrt(1 / 12))
     assert by_loss["items"] == 6 and by_loss["files"] == 3
+    assert {r["run"]: (r["score"], r["flops"]) for r in verdict["runs"]} == \
+        {run: (LOSS[run, "best.pt"], 6 * params * 2000 * epochs) for run, (_, _, params, epochs) in GRID.items()}
 
 
 def test_the_held_out_items_come_only_from_the_test_files_and_never_overlap_the_selection_items(tmp_path):
@@ -214,3 +217,73 @@ def test_each_kind_has_its_own_width_cap():
     additions, status = protocol.bracket_next(bests(["largest size"], ["largest size"]), config)
     assert additions == {"ar": {"models": ["4x256x4"], "epochs": []}}
     assert status["diffusion"] == "largest size (the cap, --diffusion_max_width=128)"
+
+
+def test_the_checks_change_one_thing_of_each_kinds_best_and_keep_their_own_batch(data_dir):
+    extra = [f"--data_dir={data_dir}", "--dataset=tiny", "--block_size=32", "--batch_size=8", "--lr=1e-3",
+             "--weight_decay=0.1", "--n_layer=1", "--n_embd=16", "--n_head=1"]
+    config = protocol.ProtocolConfig(unique_tokens=2000, ar_models="1x16x1,1x32x1", diffusion_models="1x16x1",
+                                     ar_epochs="2,4", diffusion_epochs="20", check_batch_sizes="2,8",
+                                     check_lr_factors="0.5,1,2", ar_check_weight_decays="1,0.1", min_iters=0)
+    best = {"ar": {"run": "ar_1x32x1_e4"}, "diffusion": {"run": "diffusion_1x16x1_e20"}}
+    checks = protocol.check_runs(config, extra, best)
+    # batch 8 is the grid's own step, lr x 1 and weight decay 0.1 its own values: no run of their own
+    assert [r["name"] for r in checks] == ["ar_1x32x1_b2_e4", "ar_1x32x1_lr0.5x_e4", "ar_1x32x1_lr2x_e4",
+                                           "ar_1x32x1_wd1_e4", "diffusion_1x16x1_b2_e20",
+                                           "diffusion_1x16x1_lr0.5x_e20", "diffusion_1x16x1_lr2x_e20"]
+    grid = sweep.make_grid(config, extra) + checks
+    sweep.size_runs(grid, config)
+    by_name = {r["name"]: r for r in grid}
+    assert all(by_name[n]["tokens_per_step"] == 8 * 32 for n in by_name if "_b2_" not in n)  # the one batch rule
+    assert by_name["ar_1x32x1_b2_e4"]["tokens_per_step"] == 2 * 32 == by_name["diffusion_1x16x1_b2_e20"][
+        "tokens_per_step"]
+    trained = {n: sweep.training_config(r["options"])[0] for n, r in by_name.items()}
+    assert (trained["ar_1x32x1_lr2x_e4"].lr, trained["diffusion_1x16x1_lr0.5x_e20"].lr) == (2e-3, 5e-4)
+    assert trained["ar_1x32x1_wd1_e4"].weight_decay == 1.0 and trained["ar_1x32x1_lr2x_e4"].weight_decay == 0.1
+    assert (trained["ar_1x32x1_b2_e4"].n_embd, trained["ar_1x32x1_b2_e4"].epochs) == (32, 4)  # the best's setting
+    assert by_name["ar_1x32x1_b2_e4"]["setting"] == ("ar", "1x32x1", "b2", 4.0)
+
+
+def test_the_seeds_repeat_each_kinds_best_setting_only():
+    runs = [{"name": "ar_a", "setting": ("ar", "a", "", 4.0), "options": ["--x=1"], "seed": None},
+            {"name": "ar_b", "setting": ("ar", "b", "", 4.0), "options": [], "seed": None},
+            {"name": "df_a_lr2x", "setting": ("diffusion", "a", "lr2x", 50.0), "options": [], "seed": None}]
+    best = {"ar": {"setting": ("ar", "b", "", 4.0)}, "diffusion": {"setting": ("diffusion", "a", "lr2x", 50.0)}}
+    repeats = protocol.seed_runs(runs, best, [2, 3])
+    assert [(r["name"], r["options"][-1]) for r in repeats] == [("ar_b_s2", "--seed=2"), ("ar_b_s3", "--seed=3"),
+                                                               ("df_a_lr2x_s2", "--seed=2"),
+                                                               ("df_a_lr2x_s3", "--seed=3")]
+    assert runs[0]["options"] == ["--x=1"]  # the grid's runs are not changed
+
+
+def test_the_downstream_test_is_fixed_at_the_first_start_and_a_later_change_is_refused(tmp_path):
+    config = protocol.ProtocolConfig(out=str(tmp_path / "u100"), test_items=0, test_samples=16)
+    recorded = protocol.preregister(config)
+    path = tmp_path / "u100" / "preregistered.json"
+    before = path.read_bytes()
+    assert json.loads(before) == recorded and recorded["test_items"] == 0 and len(recorded["rules"]) == 2
+    assert protocol.preregister(protocol.ProtocolConfig(out=str(tmp_path / "u100"), test_items=0,
+                                                        test_samples=16)) == recorded  # the same command goes on
+    with pytest.raises(ValueError, match=r"pre-registered .* --test_items=0 \(asked: 2500\)"):
+        protocol.preregister(protocol.ProtocolConfig(out=str(tmp_path / "u100"), test_samples=16))
+    assert path.read_bytes() == before
+    (tmp_path / "u200").mkdir()
+    (tmp_path / "u200" / "scores.json").write_text("{}")  # scores exist: the winners may be known
+    with pytest.raises(ValueError, match="can no longer be pre-registered"):
+        protocol.preregister(protocol.ProtocolConfig(out=str(tmp_path / "u200")))
+    assert not (tmp_path / "u200" / "preregistered.json").exists()
+
+
+def test_the_frontier_is_the_lowest_loss_reached_by_each_compute():
+    curves = [[(1, 5.0), (2, 4.0), (4, 3.5), (8, 3.6)],  # a small model that overfits late
+              [(2, 4.5), (4, 3.8), (8, 3.0), (16, 2.9)],  # a larger one, better from 8 on
+              [(3, 4.2), (6, 6.0)]]  # a run that diverges: never on the frontier after its first point
+    points = [p for c in curves for p in c]
+    frontier = experiments_frontier().envelope(points)
+    assert frontier == [(1, 5.0), (2, 4.0), (4, 3.5), (8, 3.0), (16, 2.9)]
+    assert all(loss >= min(f_loss for f_flops, f_loss in frontier if f_flops <= flops) for flops, loss in points)
+
+
+def experiments_frontier():
+    import frontier
+    return frontier
