@@ -18,12 +18,19 @@ token, each the nearest shape of a fixed ladder (layers about width / 64); the p
 `--ar_models=...` replaces them with the sizes given. Paper 1's best pair at U = 100M had AR at 1.06 and diffusion
 at 3.5 per unique token.
 
+The stages, each a set of runs of its own: the grid; with --bracket_rounds, the setting past each edge where a
+kind's best sits, round by round, up to the caps; with --check_*, each kind's best again with its batch, lr or
+weight decay changed; with --repeat_seeds, each kind's final best again with each seed.
+
 The verdict: a setting's number is its own run's best checkpoint (best.pt) scored at K = --rescore_samples on
---rescore_windows validation windows (AR: its exact NLL on those windows); each kind's best setting is flagged
-where it sits at an edge of its grid. The downstream test: --test_items items from the val files that no run's
-per-evaluation items came from (downstream.split_files), scored once by each kind's checkpoint chosen by a rule
-fixed in advance: its best validation loss (best.pt of the best setting) and, reported apart, its best accuracy on
-the selection items (best_choice.pt of the run that scored highest); the paired difference, clustered by file.
+--rescore_windows validation windows (AR: its exact NLL on those windows), averaged over its seeds; each kind's best
+setting is flagged where it sits at an edge of its grid. The downstream test: --test_items items (0: every
+non-overlapping one) from the val files that no run's per-evaluation items came from (downstream.split_files),
+scored once by each kind's checkpoint chosen by a rule fixed in advance: its best validation loss (best.pt of the
+best setting) and, reported apart, its best accuracy on the selection items (best_choice.pt of the run that scored
+highest); the paired difference, clustered by file. The rules, the items and the scoring are written to
+OUT/u<U>/preregistered.json at the first start and cannot be changed after it. OUT/u<U>/frontier.png: loss against
+training FLOPs, each kind's envelope (experiments/frontier.py).
 """
 import dataclasses
 import json

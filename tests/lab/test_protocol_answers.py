@@ -287,3 +287,23 @@ def test_the_frontier_is_the_lowest_loss_reached_by_each_compute():
 def experiments_frontier():
     import frontier
     return frontier
+
+
+def test_a_plan_lists_and_counts_only_the_runs_left(data_dir, tmp_path, capsys):
+    config = protocol.ProtocolConfig(unique_tokens=2000, out=str(tmp_path), ar_models="1x16x1", ar_epochs="2,4",
+                                     diffusion_epochs="", assumed_tflops=1e-3)
+    grid = sweep.make_grid(config, [f"--data_dir={data_dir}", "--dataset=tiny", "--block_size=32"])
+    sweep.size_runs(grid, config)
+    sweep.estimate(grid, config, {})
+    done = tmp_path / "ar_1x16x1_e2"  # a finished run: its log ends with done, beside its ckpt.pt
+    done.mkdir()
+    record = {key: 0 for key in compare.LOG_FIELDS}
+    (done / "log.jsonl").write_text(json.dumps(dict(record, done=True)) + "\n")
+    (done / "ckpt.pt").write_bytes(b"weights")
+    sweep.print_plan(grid, config, None, 20.0)
+    out = capsys.readouterr().out
+    assert "ar_1x16x1_e4 " in out and "ar_1x16x1_e2 " not in out
+    left = next(r for r in grid if r["name"] == "ar_1x16x1_e4")
+    assert f"plan: 2 runs (1 finished; what follows counts the 1 left), {left['flops_per_token'] * left['tokens']:.2e}" \
+        in out
+    assert f"about {(20.0 + left['seconds']) / 60:.1f} min" in out
