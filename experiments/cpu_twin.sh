@@ -12,6 +12,7 @@
 #
 #   bash experiments/cpu_twin.sh                  # all three U, then the table and out/cpu_twin/gap_vs_u.png
 #   US="37500" bash experiments/cpu_twin.sh       # one U
+#   CHECKS= bash experiments/cpu_twin.sh          # the grid and its bracketing only (CAPS= : no bracketing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}  # the interpreter to run (the tests pass their own)
@@ -21,8 +22,8 @@ OUT=${OUT:-out/cpu_twin}
 US=${US:-37500 75000 150000}
 JOBS=${JOBS:-2}                                   # two single-thread runs at once: more tokens/s than one of two
 GRID=${GRID:---ar_per_token=3,11,35 --diffusion_per_token=0.7,3,11 --ar_epochs=4,8,16 --diffusion_epochs=150,400,1000}
-CAPS=${CAPS:---bracket_rounds=3 --bracket_max_epochs=1000 --ar_max_width=256 --diffusion_max_width=128}
-CHECKS=${CHECKS:---check_batch_sizes=4 --check_lr_factors=0.5,2 --ar_check_weight_decays=1.0 --repeat_seeds=2,3}
+CAPS=${CAPS---bracket_rounds=3 --bracket_max_epochs=1000 --ar_max_width=256 --diffusion_max_width=128}
+CHECKS=${CHECKS---check_batch_sizes=4 --check_lr_factors=0.5,2 --ar_check_weight_decays=1.0 --repeat_seeds=2,3}
 SCORES=${SCORES:---rescore_samples=128 --rescore_windows=256 --test_items=0 --test_samples=32}
 TRAIN=${TRAIN:---block_size=128 --batch_size=16 --dropout=0.1 --warmup_fraction=0.05 --epoch_order=documents --unique_from=pieces --eval_windows=32 --mc_items=1000 --mc_samples=2}
 
