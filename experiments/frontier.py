@@ -6,7 +6,6 @@ vertical line. experiments/protocol.py draws it at the end of every U; this redr
 
     python experiments/frontier.py out/cpu_twin/u37500            # writes out/cpu_twin/u37500/frontier.png
 """
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402
+import gap_vs_u  # noqa: E402
 from lab.errors import UserError, run_cli  # noqa: E402
-from lab.checks import NUMBER, check_plot_path, shape_mismatch, parse_checked as parse_args  # noqa: E402
+from lab.checks import NUMBER, check_plot_path, parse_checked as parse_args  # noqa: E402
 
 
 @dataclass
@@ -99,21 +99,6 @@ def plot(folder, verdict, path):
     return True
 
 
-def read_verdict(folder):
-    path = os.path.join(folder, "verdict.json")
-    try:
-        with open(path) as f:
-            verdict = json.load(f)
-    except OSError:
-        raise UserError(f"no {path}: give a U folder of experiments/protocol.py that has its verdict") from None
-    except ValueError:
-        raise UserError(f"{path} is damaged (not JSON): run the protocol's command again to rewrite it") from None
-    problem = shape_mismatch(verdict, VERDICT, "verdict.json")
-    if problem:
-        raise UserError(f"{path} is not a verdict of this version ({problem}): run the protocol's command again")
-    return verdict
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     folders = [a for a in argv if not a.startswith("-")]
@@ -123,7 +108,7 @@ def main(argv=None):
         raise UserError("give one U folder, e.g. python experiments/frontier.py out/cpu_twin/u37500")
     path = config.plot or os.path.join(folders[0], "frontier.png")
     check_plot_path("plot", path)
-    verdict = read_verdict(folders[0])
+    verdict = gap_vs_u.read_verdict(os.path.join(folders[0], "verdict.json"), VERDICT)
     if not plot(folders[0], verdict, path):
         raise UserError("the plot needs matplotlib: pip install matplotlib")
     print(f"wrote {path}")

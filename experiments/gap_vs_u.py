@@ -33,20 +33,26 @@ VERDICT = {"unique_tokens": int, "tokenizer": str, "rescore_samples": int, "resc
            "downstream": [{"ar_minus_diffusion": NUMBER, "se": NUMBER}]}  # what table() and plot() read
 
 
+def read_verdict(path, shape=VERDICT):
+    """One U's verdict.json, checked to hold what the reader needs (`shape`)."""
+    try:
+        with open(path) as f:
+            verdict = json.load(f)
+    except OSError:
+        raise UserError(f"no {path}: run that U's protocol command (experiments/protocol.py) first") from None
+    except ValueError:
+        raise UserError(f"{path} is not JSON: run that U's protocol command again") from None
+    problem = shape_mismatch(verdict, shape, "it")
+    if problem:
+        raise UserError(f"{path} is not a verdict of experiments/protocol.py ({problem}): run that U's protocol "
+                        f"command again")
+    return verdict
+
+
 def read_verdicts(folder):
     """Every OUT/u<U>/verdict.json under folder, smallest U first; one tokenizer only (losses per token compare
     only within one)."""
-    found = []
-    for path in glob.glob(os.path.join(folder, "u*", "verdict.json")):
-        try:
-            with open(path) as f:
-                found.append(json.load(f))
-        except ValueError:
-            raise UserError(f"{path} is not JSON: run that U's protocol command again") from None
-        problem = shape_mismatch(found[-1], VERDICT, "it")
-        if problem:
-            raise UserError(f"{path} is not a verdict of experiments/protocol.py ({problem}): run that U's protocol "
-                            f"command again") from None
+    found = [read_verdict(path) for path in glob.glob(os.path.join(folder, "u*", "verdict.json"))]
     if not found:
         raise UserError(f"{folder} holds no u<U>/verdict.json: run experiments/protocol.py --out={folder} first")
     tokenizers = {v["tokenizer"] for v in found}

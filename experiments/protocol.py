@@ -199,7 +199,8 @@ def check_runs(config, extra, best):
             runs.append({"name": "_".join(p for p in (kind, model, tag, f"e{epochs:g}") if p), "kind": kind,
                          "setting": (kind, model, tag, epochs), "options": base["options"] + options, "seed": None,
                          **({"step": step} if step else {})})
-    return [r for r in runs if not (r.get("step") and r["step"] == grid_step(config, extra))]
+    step = grid_step(config, extra)
+    return [r for r in runs if r.get("step") != step]
 
 
 def grid_step(config, extra):
@@ -212,7 +213,7 @@ def grid_step(config, extra):
 def seed_runs(runs, best, seeds):
     """Each kind's best setting again with each seed: run dicts, OUT/<its run>_s<seed>."""
     settings = {b["setting"] for b in best.values()}
-    return [sweep.with_seed(dict(r, options=r["options"]), seed) for r in runs
+    return [sweep.with_seed(r, seed) for r in runs
             if r["setting"] in settings and r.get("seed") is None for seed in seeds]
 
 
