@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU protocol's twin on a 2-core CPU: experiments/protocol.py at U = 37.5K, 75K and 150K unique BPE tokens
 # of CPython's source (BPE 1024, context 128, the papers' dropout 0.1 on both kinds, one batch of 16 windows for
-# every run), U cut as 80 pieces from randomly chosen train files, then the gap against U (experiments/gap_vs_u.py).
+# every run), U cut as pieces of up to 512 tokens from randomly chosen train files (81 at 37.5K), then the gap
+# against U (experiments/gap_vs_u.py).
 # The grid is the one that brackets both kinds at U = 37.5K: AR at about 3, 11 and 35 non-embedding parameters per
 # unique token for 4, 8 and 16 epochs, diffusion at 0.7, 3 and 11 for 150, 400 and 1000 epochs; then up to three
 # bracketing rounds within the CPU's caps (the most epochs, 1000; diffusion no wider than 128, AR than 256); then
@@ -13,6 +14,8 @@
 #   bash experiments/cpu_twin.sh                  # all three U, then the table and out/cpu_twin/gap_vs_u.png
 #   US="37500" bash experiments/cpu_twin.sh       # one U
 #   CHECKS= bash experiments/cpu_twin.sh          # the grid and its bracketing only (CAPS= : no bracketing)
+#   US=150000 GRID="--ar_models=3x192x3,4x256x4 --diffusion_models=2x64x2,2x128x2 --ar_epochs=4,8,16 \
+#       --diffusion_epochs=250,600" bash experiments/cpu_twin.sh   # the targeted 150K grid (add CAPS= CHECKS=: grid only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}  # the interpreter to run (the tests pass their own)
