@@ -83,8 +83,8 @@ def plot(folder, verdict, path):
     for kind, (flops, loss) in best_points(folder, verdict).items():
         status = verdict.get("bracketing", {}).get(kind, "bracketing not asked")
         ax.plot([flops], [loss], marker="*", markersize=15, color=colors.get(kind, "grey"), markeredgecolor="black",
-                linestyle="none", label=f"{compare.kind_name(kind)} best {loss:.3f}, re-scored ({verdict['kinds'][kind]['run']}; "
-                f"{'bracketed' if status == 'bracketed' else 'not bracketed'})")
+                linestyle="none", label=f"{compare.kind_name(kind)} best {loss:.3f}, re-scored "
+                f"({verdict['kinds'][kind]['run']}; {'bracketed' if status == 'bracketed' else 'not bracketed'})")
     ax.axvline(verdict["c_crit"], color="black", linestyle=":", label=f"paper 1's C_crit(U) = {verdict['c_crit']:.2e}")
     every = [loss for points in by_kind.values() for _, loss in points]
     low, high = min(every), sorted(every)[int(0.9 * (len(every) - 1))]
